@@ -1,0 +1,3 @@
+"""eofm: pretraining and evaluation of Earth-observation foundation models in JAX."""
+
+__version__ = "0.1.0"
