@@ -5,10 +5,14 @@ import json
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 
 from eofm import sensors
 from eofm.data import datasets, raster
+from eofm.data.sources import GeoTiffSource
 from eofm.data.spec import SensorSpec
+
+GRID = {"crs": "EPSG:32633", "transform": Affine(10, 0, 500000, 0, -10, 5000000)}
 
 
 def _read(path):
@@ -148,7 +152,7 @@ def test_nodata_and_nan_pixels_give_a_validity_mask(tmp_path):
     data[1, 3, 4] = np.nan
     path = tmp_path / "scene.tif"
     with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=2, dtype="float32",
-                       nodata=-9999) as f:
+                       nodata=-9999, **GRID) as f:
         f.write(data)
     source = datasets.geotiff_folder(tmp_path, sensor="sentinel1_grd", key="s1")
     sample = source[0]
@@ -162,11 +166,10 @@ def test_sentinel2_processing_baseline_offset_is_removed(tmp_path):
     data = np.full((13, 4, 4), 1500, np.uint16)
     data[:, 0, 0] = 0  # nodata stays nodata, not -1000
     path = tmp_path / "new.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=4, height=4, count=13,
-                       dtype="uint16") as f:
+    with rasterio.open(path, "w", driver="GTiff", width=4, height=4, count=13, dtype="uint16",
+                       **GRID) as f:
         f.write(data)
     spec = SensorSpec.full("sentinel2_l1c")
-    from eofm.data.sources import GeoTiffSource
     source = GeoTiffSource([path], spec, key="s2", dn_offset=sensors.s2_offset_dn("N0400"))
     sample = source[0]
     assert sample["s2"][1, 1, 0] == 500 and sample["s2"][0, 0, 0] == 0

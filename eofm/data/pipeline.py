@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grain
+from absl import flags
 
 
 def make_dataset(
@@ -66,6 +67,10 @@ def make_iterator(ds: grain.MapDataset, *, num_workers: int = 0,
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0 if num_workers else 2,
                                                  prefetch_buffer_size=prefetch))
     if num_workers:
+        # grain's workers read absl flags; outside `absl.app.run` (notebooks, pytest) they are
+        # unparsed, so take the defaults.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=num_workers, per_worker_buffer_size=prefetch))
     return iter(it_ds)
