@@ -40,7 +40,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 UNITS = frozenset(
-    {"reflectance_1e4", "reflectance", "dB", "radiance", "brightness_temperature_K", "dn"})
+    {"reflectance_1e4", "reflectance", "dB", "radiance", "brightness_temperature_K", "dn"}
+)
 MODALITIES = frozenset({"optical", "sar", "thermal"})
 
 _SPEED_OF_LIGHT_M_S = 299_792_458.0
@@ -136,7 +137,8 @@ class Sensor:
         except (KeyError, AttributeError):
             raise UnknownBandError(
                 f"Sensor {self.name!r} has no band {name!r}; valid names:"
-                f" {', '.join(self.band_names)} (aliases accepted, case-insensitive)") from None
+                f" {', '.join(self.band_names)} (aliases accepted, case-insensitive)"
+            ) from None
 
     def band(self, name: str) -> Band:
         """The band called `name` (canonical or alias, any case)."""
@@ -182,8 +184,7 @@ def _validate_band(band: Band, where: str) -> None:
         raise ValueError(f"{where}: band name must be a non-empty string, got {band.name!r}")
     where = f"{where}, band {band.name!r}"
     if band.modality not in MODALITIES:
-        raise ValueError(
-            f"{where}: modality {band.modality!r} is not one of {sorted(MODALITIES)}")
+        raise ValueError(f"{where}: modality {band.modality!r} is not one of {sorted(MODALITIES)}")
     if band.unit not in UNITS:
         raise ValueError(f"{where}: unit {band.unit!r} is not one of {sorted(UNITS)}")
     if not (_is_positive(band.gsd_m) or _is_nan(band.gsd_m)):
@@ -216,7 +217,8 @@ def _validate_sensor(sensor: Sensor) -> None:
             if key in owner:
                 raise ValueError(
                     f"{where}: name or alias {key!r} of band {band.name!r} is also used by band"
-                    f" {owner[key]!r} (names are compared case-insensitively)")
+                    f" {owner[key]!r} (names are compared case-insensitively)"
+                )
             owner[key] = band.name
 
 
@@ -243,7 +245,8 @@ def get_sensor(name: str) -> Sensor:
     close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=0.6)
     hint = f" Did you mean {by_lower[close[0]]!r}?" if close else ""
     raise UnknownSensorError(
-        f"Unknown sensor {name!r}.{hint} Registered sensors: {', '.join(sorted(_REGISTRY))}")
+        f"Unknown sensor {name!r}.{hint} Registered sensors: {', '.join(sorted(_REGISTRY))}"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -265,7 +268,8 @@ def parse_s2_processing_baseline(value: str) -> float | None:
     """
     text = str(value).strip()
     token = re.fullmatch(r"N(\d{4})", text, re.IGNORECASE) or re.search(
-        r"_N(\d{4})(?=[_.]|$)", text, re.IGNORECASE)
+        r"_N(\d{4})(?=[_.]|$)", text, re.IGNORECASE
+    )
     if token:
         baseline = int(token.group(1)) / 100
     elif re.fullmatch(r"\d{1,2}(\.\d{1,2})?", text):
@@ -302,18 +306,36 @@ def harmonize_s2_dn(dn: np.ndarray, processing_baseline: float | str | None) -> 
 # ------------------------------------------------------------------------------------------------
 
 
-def _spectral(name, center_nm, bandwidth_nm, gsd_m, description, *aliases, unit,
-              modality="optical", nodata=None) -> Band:
+def _spectral(
+    name,
+    center_nm,
+    bandwidth_nm,
+    gsd_m,
+    description,
+    *aliases,
+    unit,
+    modality="optical",
+    nodata=None,
+) -> Band:
     """An optical or thermal band given by centre wavelength and FWHM bandwidth."""
-    return Band(name, modality, float(gsd_m), unit, center_nm=float(center_nm),
-                bandwidth_nm=float(bandwidth_nm), nodata=nodata, aliases=tuple(aliases),
-                description=description)
+    return Band(
+        name,
+        modality,
+        float(gsd_m),
+        unit,
+        center_nm=float(center_nm),
+        bandwidth_nm=float(bandwidth_nm),
+        nodata=nodata,
+        aliases=tuple(aliases),
+        description=description,
+    )
 
 
 def _from_range(name, low_nm, high_nm, gsd_m, description, *aliases, **kwargs) -> Band:
     """An optical or thermal band given by its published lower and upper band edges in nm."""
-    return _spectral(name, (low_nm + high_nm) / 2, high_nm - low_nm, gsd_m, description,
-                     *aliases, **kwargs)
+    return _spectral(
+        name, (low_nm + high_nm) / 2, high_nm - low_nm, gsd_m, description, *aliases, **kwargs
+    )
 
 
 # Sentinel-2 MSI, Sentinel-2A centre wavelengths and FWHM bandwidths (ESA spectral response
@@ -339,8 +361,16 @@ _S2_CITATION = "ESA Sentinel-2 MSI User Handbook; Sentinel-2A spectral response 
 
 def _s1(polarization, description) -> Band:
     """Sentinel-1 C-SAR, Level-1 GRD (IW mode, 10 m pixel spacing), sigma0 in dB."""
-    return Band(polarization, "sar", 10.0, "dB", frequency_ghz=5.405, polarization=polarization,
-                aliases=(polarization.lower(),), description=description)
+    return Band(
+        polarization,
+        "sar",
+        10.0,
+        "dB",
+        frequency_ghz=5.405,
+        polarization=polarization,
+        aliases=(polarization.lower(),),
+        description=description,
+    )
 
 
 _S1_GRD_BANDS = (
@@ -353,7 +383,8 @@ _S1_GRD_BANDS = (
 # constants, or Collection-2 surface temperature). Landsat products use 0 as fill.
 _tm = functools.partial(_from_range, unit="dn", nodata=0.0)
 _tm_thermal = functools.partial(
-    _from_range, unit="brightness_temperature_K", modality="thermal", nodata=0.0)
+    _from_range, unit="brightness_temperature_K", modality="thermal", nodata=0.0
+)
 _LANDSAT5_TM_BANDS = (
     _tm("B1", 450, 520, 30, "blue", "blue"),
     _tm("B2", 520, 600, 30, "green", "green"),
@@ -380,7 +411,8 @@ _LANDSAT7_ETM_BANDS = (
 # are brightness temperature. `nodata` is the fill DN (0) of the native integer product.
 _oli = functools.partial(_from_range, unit="reflectance", nodata=0.0)
 _tirs = functools.partial(
-    _from_range, unit="brightness_temperature_K", modality="thermal", nodata=0.0)
+    _from_range, unit="brightness_temperature_K", modality="thermal", nodata=0.0
+)
 _LANDSAT_OLI_TIRS_BANDS = (
     _oli("B1", 430, 450, 30, "coastal aerosol", "coastal"),
     _oli("B2", 450, 510, 30, "blue", "blue"),
@@ -403,8 +435,16 @@ def _modis_refl(name, low_nm, high_nm, description, *aliases):
 
 def _modis_emis(name, low_nm, high_nm, description, *aliases):
     """A MODIS emissive band as brightness temperature, at 1 km."""
-    return _from_range(name, low_nm, high_nm, 1000, description, *aliases,
-                       unit="brightness_temperature_K", modality="thermal")
+    return _from_range(
+        name,
+        low_nm,
+        high_nm,
+        1000,
+        description,
+        *aliases,
+        unit="brightness_temperature_K",
+        modality="thermal",
+    )
 
 
 # MODIS Level-1B bands in the order SatVision-TOA uses them, all at 1 km (natively bands 1-2 are
@@ -460,35 +500,67 @@ _USGS_LANDSAT = "USGS, Landsat band designations (usgs.gov)."
 _MODIS_SPECS = "NASA MODIS specifications (modis.gsfc.nasa.gov)."
 
 for _sensor in (
-    Sensor("sentinel2_l1c", _S2_L1C_BANDS,
-           "Sentinel-2 MSI Level-1C, top-of-atmosphere reflectance x 10_000.", _S2_CITATION),
-    Sensor("sentinel2_l2a", tuple(b for b in _S2_L1C_BANDS if b.name != "B10"),
-           "Sentinel-2 MSI Level-2A, bottom-of-atmosphere reflectance x 10_000 (no B10).",
-           _S2_CITATION),
-    Sensor("sentinel1_grd", _S1_GRD_BANDS,
-           "Sentinel-1 C-band SAR, Level-1 GRD (IW), sigma0 in dB.",
-           "ESA Sentinel-1 SAR User Guide."),
-    Sensor("landsat5_tm", _LANDSAT5_TM_BANDS,
-           "Landsat 4-5 Thematic Mapper, Level-1 DN; B6 as brightness temperature.",
-           _USGS_LANDSAT),
-    Sensor("landsat7_etm", _LANDSAT7_ETM_BANDS,
-           "Landsat 7 Enhanced Thematic Mapper Plus, Level-1 DN; B6 as brightness temperature.",
-           _USGS_LANDSAT),
-    Sensor("landsat8_oli_tirs", _LANDSAT_OLI_TIRS_BANDS,
-           "Landsat 8 OLI/TIRS, Collection-2 reflectance and brightness temperature.",
-           _USGS_LANDSAT),
-    Sensor("landsat9_oli_tirs", _LANDSAT_OLI_TIRS_BANDS,
-           "Landsat 9 OLI-2/TIRS-2, Collection-2 reflectance and brightness temperature.",
-           _USGS_LANDSAT),
-    Sensor("modis_toa", _MODIS_TOA_BANDS,
-           "MODIS Level-1B at 1 km: TOA reflectance and brightness temperature, band order of"
-           " SatVision-TOA.",
-           _MODIS_SPECS + " Band selection: SatVision-TOA (Spradlin et al., 2024)."),
-    Sensor("modis_land", _MODIS_LAND_BANDS,
-           "MODIS MOD09GA land surface reflectance x 10_000, bands 1-7 at 500 m.",
-           _MODIS_SPECS + " MOD09 user guide."),
-    Sensor("naip", _NAIP_BANDS, "USDA NAIP 4-band aerial imagery, 8-bit DN, 0.6 m.",
-           "USDA Farm Service Agency, National Agriculture Imagery Program."),
+    Sensor(
+        "sentinel2_l1c",
+        _S2_L1C_BANDS,
+        "Sentinel-2 MSI Level-1C, top-of-atmosphere reflectance x 10_000.",
+        _S2_CITATION,
+    ),
+    Sensor(
+        "sentinel2_l2a",
+        tuple(b for b in _S2_L1C_BANDS if b.name != "B10"),
+        "Sentinel-2 MSI Level-2A, bottom-of-atmosphere reflectance x 10_000 (no B10).",
+        _S2_CITATION,
+    ),
+    Sensor(
+        "sentinel1_grd",
+        _S1_GRD_BANDS,
+        "Sentinel-1 C-band SAR, Level-1 GRD (IW), sigma0 in dB.",
+        "ESA Sentinel-1 SAR User Guide.",
+    ),
+    Sensor(
+        "landsat5_tm",
+        _LANDSAT5_TM_BANDS,
+        "Landsat 4-5 Thematic Mapper, Level-1 DN; B6 as brightness temperature.",
+        _USGS_LANDSAT,
+    ),
+    Sensor(
+        "landsat7_etm",
+        _LANDSAT7_ETM_BANDS,
+        "Landsat 7 Enhanced Thematic Mapper Plus, Level-1 DN; B6 as brightness temperature.",
+        _USGS_LANDSAT,
+    ),
+    Sensor(
+        "landsat8_oli_tirs",
+        _LANDSAT_OLI_TIRS_BANDS,
+        "Landsat 8 OLI/TIRS, Collection-2 reflectance and brightness temperature.",
+        _USGS_LANDSAT,
+    ),
+    Sensor(
+        "landsat9_oli_tirs",
+        _LANDSAT_OLI_TIRS_BANDS,
+        "Landsat 9 OLI-2/TIRS-2, Collection-2 reflectance and brightness temperature.",
+        _USGS_LANDSAT,
+    ),
+    Sensor(
+        "modis_toa",
+        _MODIS_TOA_BANDS,
+        "MODIS Level-1B at 1 km: TOA reflectance and brightness temperature, band order of"
+        " SatVision-TOA.",
+        _MODIS_SPECS + " Band selection: SatVision-TOA (Spradlin et al., 2024).",
+    ),
+    Sensor(
+        "modis_land",
+        _MODIS_LAND_BANDS,
+        "MODIS MOD09GA land surface reflectance x 10_000, bands 1-7 at 500 m.",
+        _MODIS_SPECS + " MOD09 user guide.",
+    ),
+    Sensor(
+        "naip",
+        _NAIP_BANDS,
+        "USDA NAIP 4-band aerial imagery, 8-bit DN, 0.6 m.",
+        "USDA Farm Service Agency, National Agriculture Imagery Program.",
+    ),
     Sensor("rgb", _RGB_BANDS, "Generic 8-bit RGB imagery of unknown resolution."),
 ):
     register_sensor(_sensor)

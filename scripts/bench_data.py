@@ -24,16 +24,26 @@ _WORKERS = flags.DEFINE_integer("num_workers", 2, "grain worker processes.")
 _BATCHES = flags.DEFINE_integer("batches", 30, "Timed batches per row.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Batch size.")
 _SHARED = flags.DEFINE_string(
-    "shared_data", str(Path(__file__).resolve().parents[2] / "shared" / "data"),
-    "Folder of the real data samples.")
+    "shared_data",
+    str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+    "Folder of the real data samples.",
+)
 
 
 def _samples_per_second(source, band_stats, size: int) -> float:
     keys = list(source.specs)
-    transforms = [normalize.Normalize(source.specs, "zscore", band_stats),
-                  augment.RandomCropFlipRotate(keys, size=size, scale=(0.5, 1.0))]
-    ds = pipeline.make_dataset(source, batch_size=_BATCH_SIZE.value, seed=0, transforms=transforms,
-                               process_index=0, process_count=1)
+    transforms = [
+        normalize.Normalize(source.specs, "zscore", band_stats),
+        augment.RandomCropFlipRotate(keys, size=size, scale=(0.5, 1.0)),
+    ]
+    ds = pipeline.make_dataset(
+        source,
+        batch_size=_BATCH_SIZE.value,
+        seed=0,
+        transforms=transforms,
+        process_index=0,
+        process_count=1,
+    )
     it = pipeline.make_iterator(ds, num_workers=_WORKERS.value)
     next(it)
     start = time.perf_counter()
@@ -61,10 +71,14 @@ def main(argv):
             band_stats = stats.read_stats_json(prepared.stats_path)
             rows.append((name, origin, _samples_per_second(source, band_stats, size)))
             rows.append((name, "ArrayRecord", _samples_per_second(prepared, band_stats, size)))
-            print(f"prepared {name}: {len(source)} examples in {prepare_s:.1f} s"
-                  f" ({len(source) / prepare_s:.0f} examples/s, one pass incl. statistics)")
-    print(f"\nworkers={_WORKERS.value}  batch={_BATCH_SIZE.value}  timed batches={_BATCHES.value}"
-          f"  cpus={os.cpu_count()}")
+            print(
+                f"prepared {name}: {len(source)} examples in {prepare_s:.1f} s"
+                f" ({len(source) / prepare_s:.0f} examples/s, one pass incl. statistics)"
+            )
+    print(
+        f"\nworkers={_WORKERS.value}  batch={_BATCH_SIZE.value}  timed batches={_BATCHES.value}"
+        f"  cpus={os.cpu_count()}"
+    )
     print(f"| {'dataset':18s} | {'read from':15s} | {'samples/s':>9s} |")
     print(f"|{'-' * 20}|{'-' * 17}|{'-' * 11}|")
     for name, origin, rate in rows:

@@ -44,10 +44,12 @@ def _plot(batch, source, path):
     for i in range(n):
         labels = "; ".join(names[j] for j in np.flatnonzero(batch["label"][i]))
         valid = batch["s2_valid"][i].all(-1)
-        panels = [(_stretch(batch["s2"][i][..., rgb]), "S2 B04/B03/B02"),
-                  (_stretch(batch["s2"][i][..., nir]), "S2 B08/B04/B03"),
-                  (batch["s1"][i][..., 0], "S1 VV (p1-p99 clip)"),
-                  (valid, f"S2 valid ({valid.mean():.0%})")]
+        panels = [
+            (_stretch(batch["s2"][i][..., rgb]), "S2 B04/B03/B02"),
+            (_stretch(batch["s2"][i][..., nir]), "S2 B08/B04/B03"),
+            (batch["s1"][i][..., 0], "S1 VV (p1-p99 clip)"),
+            (valid, f"S2 valid ({valid.mean():.0%})"),
+        ]
         for ax, (img, title) in zip(axes[i], panels):
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
             ax.set_title(title, fontsize=7)
@@ -65,13 +67,20 @@ def main(argv):
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
     shards = os.path.join(workdir, "bigearthnet_arrayrecord")
-    manifest = arrayrecord.prepare(datasets.BigEarthNetSource(), shards, name="bigearthnet_s1s2",
-                                   examples_per_shard=8, licence="CDLA-Permissive-1.0",
-                                   citation=datasets.BIGEARTHNET_CITATION)
+    manifest = arrayrecord.prepare(
+        datasets.BigEarthNetSource(),
+        shards,
+        name="bigearthnet_s1s2",
+        examples_per_shard=8,
+        licence="CDLA-Permissive-1.0",
+        citation=datasets.BIGEARTHNET_CITATION,
+    )
     source = arrayrecord.ArrayRecordSource(shards)
     band_stats = stats.read_stats_json(source.stats_path)
-    print(f"prepared {manifest['num_examples']} examples in {len(manifest['shards'])} shards"
-          f" -> {shards}")
+    print(
+        f"prepared {manifest['num_examples']} examples in {len(manifest['shards'])} shards"
+        f" -> {shards}"
+    )
     for key, entry in band_stats.items():
         print(f"{key} ({entry['sensor']}): band  mean  std  p1  p99")
         for band in entry["bands"]:
@@ -82,8 +91,14 @@ def main(argv):
         normalize.Normalize(source.specs, {"s2": "zscore", "s1": "percentile_clip"}, band_stats),
         augment.RandomCropFlipRotate(["s2", "s1"], size=96, scale=(0.5, 1.0)),
     ]
-    ds = pipeline.make_dataset(source, batch_size=_BATCH.value, seed=0, transforms=transforms,
-                               process_index=0, process_count=1)
+    ds = pipeline.make_dataset(
+        source,
+        batch_size=_BATCH.value,
+        seed=0,
+        transforms=transforms,
+        process_index=0,
+        process_count=1,
+    )
     it = pipeline.make_iterator(ds, num_workers=_WORKERS.value)
     batch = next(it)
     for key, value in sorted(batch.items()):

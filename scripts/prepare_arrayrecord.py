@@ -38,11 +38,18 @@ def main(argv):
     if citation is None:
         citation = datasets.CITATIONS.get(_SOURCE.value, "")
     manifest = arrayrecord.prepare(
-        source, _OUT_DIR.value, name=_NAME.value or _SOURCE.value,
-        examples_per_shard=_PER_SHARD.value, licence=_LICENCE.value, citation=citation,
-        overwrite=_OVERWRITE.value)
-    print(f"{manifest['num_examples']} examples in {len(manifest['shards'])} shards"
-          f" -> {_OUT_DIR.value}")
+        source,
+        _OUT_DIR.value,
+        name=_NAME.value or _SOURCE.value,
+        examples_per_shard=_PER_SHARD.value,
+        licence=_LICENCE.value,
+        citation=citation,
+        overwrite=_OVERWRITE.value,
+    )
+    print(
+        f"{manifest['num_examples']} examples in {len(manifest['shards'])} shards"
+        f" -> {_OUT_DIR.value}"
+    )
 
 
 if __name__ == "__main__":

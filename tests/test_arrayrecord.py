@@ -25,9 +25,14 @@ def _assert_same(a, b):
 
 
 def test_round_trip_and_manifest(ben, tmp_path):
-    manifest = arrayrecord.prepare(ben, tmp_path, name="ben", examples_per_shard=10,
-                                   licence="CDLA-Permissive-1.0",
-                                   citation=datasets.BIGEARTHNET_CITATION)
+    manifest = arrayrecord.prepare(
+        ben,
+        tmp_path,
+        name="ben",
+        examples_per_shard=10,
+        licence="CDLA-Permissive-1.0",
+        citation=datasets.BIGEARTHNET_CITATION,
+    )
     assert [s["num_examples"] for s in manifest["shards"]] == [10, 10, 4]
     source = arrayrecord.ArrayRecordSource(tmp_path)
     assert len(source) == 24 and source.specs == ben.specs
@@ -61,8 +66,9 @@ def test_stats_match_numpy(shared_data, tmp_path):
 def test_stats_exclude_nodata(ben, tmp_path):
     arrayrecord.prepare(ben, tmp_path)
     got = stats.read_stats_json(tmp_path / "stats.json")["s2"]["stats"]["B05"]
-    values = np.concatenate([ben[i]["s2"][..., 4][ben[i]["s2_valid"][..., 4]]
-                             for i in range(len(ben))])
+    values = np.concatenate(
+        [ben[i]["s2"][..., 4][ben[i]["s2_valid"][..., 4]] for i in range(len(ben))]
+    )
     assert got["count"] == values.size
     np.testing.assert_allclose(got["mean"], values.astype(np.float64).mean(), rtol=1e-9)
 
@@ -74,8 +80,9 @@ def _assert_same_stats(a, b):
         assert a[key]["bands"] == b[key]["bands"]
         for band, sa in a[key]["stats"].items():
             for name, value in sa.items():
-                np.testing.assert_allclose(value, b[key]["stats"][band][name], rtol=1e-12,
-                                           err_msg=f"{key}/{band}/{name}")
+                np.testing.assert_allclose(
+                    value, b[key]["stats"][band][name], rtol=1e-12, err_msg=f"{key}/{band}/{name}"
+                )
 
 
 class _Counting:
@@ -111,8 +118,9 @@ def test_interrupted_preparation_leaves_no_partial_files_and_resumes(ben, tmp_pa
     assert not list(tmp_path.glob("*.tmp"))
     clean = tmp_path.parent / "clean"
     arrayrecord.prepare(ben, clean, examples_per_shard=10)
-    _assert_same_stats(stats.read_stats_json(tmp_path / "stats.json"),
-                       stats.read_stats_json(clean / "stats.json"))
+    _assert_same_stats(
+        stats.read_stats_json(tmp_path / "stats.json"), stats.read_stats_json(clean / "stats.json")
+    )
     source = arrayrecord.ArrayRecordSource(tmp_path)
     _assert_same(source[12], ben[12])
 
@@ -140,14 +148,23 @@ def test_prepared_directory_is_not_silently_replaced(ben, tmp_path):
 
 def test_prepare_script(tmp_path):
     out = tmp_path / "ben"
-    cmd = [sys.executable, str(ROOT / "scripts" / "prepare_arrayrecord.py"),
-           "--source=bigearthnet_s1s2", '--source_args={"split": "validation"}',
-           f"--out_dir={out}", "--examples_per_shard=5"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "prepare_arrayrecord.py"),
+        "--source=bigearthnet_s1s2",
+        '--source_args={"split": "validation"}',
+        f"--out_dir={out}",
+        "--examples_per_shard=5",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "8 examples in 2 shards" in result.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert "CDLA" in manifest["citation"]
-    bad = subprocess.run([*cmd[:2], "--source=bigearthnet", f"--out_dir={out}"],
-                         capture_output=True, text=True, check=False)
+    bad = subprocess.run(
+        [*cmd[:2], "--source=bigearthnet", f"--out_dir={out}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert bad.returncode != 0 and "unknown source 'bigearthnet'" in bad.stderr

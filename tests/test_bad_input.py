@@ -23,8 +23,9 @@ def eurosat_copy(shared_data, tmp_path):
 
 
 def _source(files):
-    return GeoTiffSource(files, SensorSpec.full("sentinel2_l1c"), key="s2",
-                         file_bands=datasets.EUROSAT_MS_FILE_BANDS)
+    return GeoTiffSource(
+        files, SensorSpec.full("sentinel2_l1c"), key="s2", file_bands=datasets.EUROSAT_MS_FILE_BANDS
+    )
 
 
 def test_not_a_geotiff(eurosat_copy):
@@ -65,6 +66,7 @@ def test_missing_band_file_names_folder_and_band(shared_data, tmp_path):
     shutil.copytree(folder, tmp_path / "acq")
     (tmp_path / "acq" / "B11.tif").unlink()
     from eofm.data.sources import find_band_files
+
     with pytest.raises(FileNotFoundError, match="no file for band B11 of sentinel2_l1c"):
         find_band_files(tmp_path / "acq", SensorSpec.full("sentinel2_l1c"))
 
@@ -93,8 +95,18 @@ def test_corrupt_resampled_band_names_the_band(shared_data, tmp_path):
 
 def test_all_nodata_pixels_are_masked_not_nan(tmp_path):
     path = tmp_path / "empty.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=4, height=4, count=2, dtype="float32",
-                       nodata=np.nan, crs="EPSG:32633", transform=Affine(10, 0, 0, 0, -10, 0)) as f:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=4,
+        height=4,
+        count=2,
+        dtype="float32",
+        nodata=np.nan,
+        crs="EPSG:32633",
+        transform=Affine(10, 0, 0, 0, -10, 0),
+    ) as f:
         f.write(np.full((2, 4, 4), np.nan, np.float32))
     sample = GeoTiffSource([path], SensorSpec.full("sentinel1_grd"), key="s1")[0]
     assert not sample["s1_valid"].any() and (sample["s1"] == 0).all()

@@ -151,8 +151,9 @@ def test_nodata_and_nan_pixels_give_a_validity_mask(tmp_path):
     data[0, 1, 2] = -9999
     data[1, 3, 4] = np.nan
     path = tmp_path / "scene.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=2, dtype="float32",
-                       nodata=-9999, **GRID) as f:
+    with rasterio.open(
+        path, "w", driver="GTiff", width=8, height=8, count=2, dtype="float32", nodata=-9999, **GRID
+    ) as f:
         f.write(data)
     source = datasets.geotiff_folder(tmp_path, sensor="sentinel1_grd", key="s1")
     sample = source[0]
@@ -166,8 +167,9 @@ def test_sentinel2_processing_baseline_offset_is_removed(tmp_path):
     data = np.full((13, 4, 4), 1500, np.uint16)
     data[:, 0, 0] = 0  # nodata stays nodata, not -1000
     path = tmp_path / "new.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=4, height=4, count=13, dtype="uint16",
-                       **GRID) as f:
+    with rasterio.open(
+        path, "w", driver="GTiff", width=4, height=4, count=13, dtype="uint16", **GRID
+    ) as f:
         f.write(data)
     spec = SensorSpec.full("sentinel2_l1c")
     source = GeoTiffSource([path], spec, key="s2", dn_offset=sensors.s2_offset_dn("N0400"))

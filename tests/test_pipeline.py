@@ -17,16 +17,18 @@ def prepared(tmp_path_factory):
 
 
 def _transforms(source, band_stats):
-    return [normalize.Normalize(source.specs, {"s2": "zscore", "s1": "percentile_clip"},
-                                band_stats),
-            augment.RandomCropFlipRotate(["s2", "s1"], size=64, scale=(0.3, 1.0))]
+    return [
+        normalize.Normalize(source.specs, {"s2": "zscore", "s1": "percentile_clip"}, band_stats),
+        augment.RandomCropFlipRotate(["s2", "s1"], size=64, scale=(0.3, 1.0)),
+    ]
 
 
 def _dataset(source, band_stats, seed=0, **kw):
     kw.setdefault("process_index", 0)
     kw.setdefault("process_count", 1)
-    return pipeline.make_dataset(source, batch_size=4, seed=seed,
-                                 transforms=_transforms(source, band_stats), **kw)
+    return pipeline.make_dataset(
+        source, batch_size=4, seed=seed, transforms=_transforms(source, band_stats), **kw
+    )
 
 
 def _take(it, n):
@@ -89,8 +91,9 @@ def test_two_processes_cover_every_example_once(prepared):
     source, _ = prepared
     ids = []
     for process_index in range(2):
-        ds = pipeline.make_dataset(source, batch_size=1, seed=0, num_epochs=1,
-                                   process_index=process_index, process_count=2)
+        ds = pipeline.make_dataset(
+            source, batch_size=1, seed=0, num_epochs=1, process_index=process_index, process_count=2
+        )
         ids.append([str(b["id"][0]) for b in ds])
     assert len(ids[0]) == len(ids[1]) == 12
     assert not set(ids[0]) & set(ids[1])
@@ -99,8 +102,9 @@ def test_two_processes_cover_every_example_once(prepared):
 
 def test_epochs_are_reshuffled(prepared):
     source, _ = prepared
-    ds = pipeline.make_dataset(source, batch_size=1, seed=0, num_epochs=2, process_index=0,
-                               process_count=1)
+    ds = pipeline.make_dataset(
+        source, batch_size=1, seed=0, num_epochs=2, process_index=0, process_count=1
+    )
     ids = [str(b["id"][0]) for b in ds]
     assert sorted(ids[:24]) == sorted(ids[24:]) and ids[:24] != ids[24:]
 
@@ -120,9 +124,16 @@ def test_zscore_normalises_the_dataset(prepared):
 
 def test_normalisation_methods():
     spec = {"img": SensorSpec("sentinel1_grd", ("VV", "VH"))}
-    band_stats = {"img": {"sensor": "sentinel1_grd", "bands": ["VH", "VV"], "stats": {
-        "VV": {"mean": -10.0, "std": 2.0, "p1": -20.0, "p99": 0.0},
-        "VH": {"mean": -16.0, "std": 4.0, "p1": -30.0, "p99": -10.0}}}}
+    band_stats = {
+        "img": {
+            "sensor": "sentinel1_grd",
+            "bands": ["VH", "VV"],
+            "stats": {
+                "VV": {"mean": -10.0, "std": 2.0, "p1": -20.0, "p99": 0.0},
+                "VH": {"mean": -16.0, "std": 4.0, "p1": -30.0, "p99": -10.0},
+            },
+        }
+    }
     x = np.array([[[-10.0, -16.0], [-25.0, 0.0]]], np.float32)  # [1, 2, 2]: VV, VH channels
     sample = {"img": x, "img_valid": np.ones_like(x, bool)}
 
@@ -137,12 +148,18 @@ def test_normalisation_methods():
 
 def test_normalise_refuses_mismatched_statistics():
     spec = {"s2": SensorSpec("sentinel2_l2a", ("B02", "B03"))}
-    other = {"s2": {"sensor": "sentinel2_l1c", "bands": ["B02", "B03"],
-                    "stats": {"B02": {"mean": 1, "std": 1}, "B03": {"mean": 1, "std": 1}}}}
+    other = {
+        "s2": {
+            "sensor": "sentinel2_l1c",
+            "bands": ["B02", "B03"],
+            "stats": {"B02": {"mean": 1, "std": 1}, "B03": {"mean": 1, "std": 1}},
+        }
+    }
     with pytest.raises(ValueError, match="for sensor sentinel2_l1c, but the data is sentinel2_l2a"):
         normalize.Normalize(spec, "zscore", other)
-    partial = {"s2": {"sensor": "sentinel2_l2a", "bands": ["B02"],
-                      "stats": {"B02": {"mean": 1, "std": 1}}}}
+    partial = {
+        "s2": {"sensor": "sentinel2_l2a", "bands": ["B02"], "stats": {"B02": {"mean": 1, "std": 1}}}
+    }
     with pytest.raises(ValueError, match=r"lack bands \['B03'\]"):
         normalize.Normalize(spec, "zscore", partial)
     with pytest.raises(ValueError, match="no statistics for 's2'"):

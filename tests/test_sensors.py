@@ -9,17 +9,56 @@ import pytest
 from eofm import sensors
 
 EXPECTED_BANDS = {
-    "sentinel2_l1c": ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
-                      "B11", "B12"),
-    "sentinel2_l2a": ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11",
-                      "B12"),
+    "sentinel2_l1c": (
+        "B01",
+        "B02",
+        "B03",
+        "B04",
+        "B05",
+        "B06",
+        "B07",
+        "B08",
+        "B8A",
+        "B09",
+        "B10",
+        "B11",
+        "B12",
+    ),
+    "sentinel2_l2a": (
+        "B01",
+        "B02",
+        "B03",
+        "B04",
+        "B05",
+        "B06",
+        "B07",
+        "B08",
+        "B8A",
+        "B09",
+        "B11",
+        "B12",
+    ),
     "sentinel1_grd": ("VV", "VH"),
     "landsat5_tm": ("B1", "B2", "B3", "B4", "B5", "B6", "B7"),
     "landsat7_etm": ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8"),
     "landsat8_oli_tirs": ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11"),
     "landsat9_oli_tirs": ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11"),
-    "modis_toa": ("b01", "b02", "b03", "b06", "b07", "b21", "b26", "b27", "b28", "b29", "b30",
-                  "b31", "b32", "b33"),
+    "modis_toa": (
+        "b01",
+        "b02",
+        "b03",
+        "b06",
+        "b07",
+        "b21",
+        "b26",
+        "b27",
+        "b28",
+        "b29",
+        "b30",
+        "b31",
+        "b32",
+        "b33",
+    ),
     "modis_land": ("b01", "b02", "b03", "b04", "b05", "b06", "b07"),
     "naip": ("red", "green", "blue", "nir"),
     "rgb": ("red", "green", "blue"),
@@ -27,8 +66,9 @@ EXPECTED_BANDS = {
 
 
 def _band(name="x", **kwargs):
-    fields = dict(modality="optical", gsd_m=10.0, unit="reflectance", center_nm=500.0,
-                  bandwidth_nm=50.0)
+    fields = dict(
+        modality="optical", gsd_m=10.0, unit="reflectance", center_nm=500.0, bandwidth_nm=50.0
+    )
     fields.update(kwargs)
     return sensors.Band(name, **fields)
 
@@ -72,9 +112,16 @@ def test_s2_l2a_is_l1c_without_b10():
 
 def test_s2_band_specs():
     s2 = sensors.get_sensor("sentinel2_l1c")
-    specs = {"B02": (492.4, 66, 10), "B08": (832.8, 106, 10), "B8A": (864.7, 21, 20),
-             "B10": (1373.5, 31, 60), "B11": (1613.7, 91, 20), "B12": (2202.4, 175, 20),
-             "B01": (442.7, 21, 60), "B05": (704.1, 15, 20)}
+    specs = {
+        "B02": (492.4, 66, 10),
+        "B08": (832.8, 106, 10),
+        "B8A": (864.7, 21, 20),
+        "B10": (1373.5, 31, 60),
+        "B11": (1613.7, 91, 20),
+        "B12": (2202.4, 175, 20),
+        "B01": (442.7, 21, 60),
+        "B05": (704.1, 15, 20),
+    }
     for name, (center, width, gsd) in specs.items():
         band = s2.band(name)
         assert (band.center_nm, band.bandwidth_nm, band.gsd_m) == (center, width, gsd)
@@ -94,8 +141,11 @@ def test_sentinel1():
 
 
 def test_thermal_bands():
-    cases = {"landsat5_tm": {"B6": 120}, "landsat7_etm": {"B6": 60},
-             "landsat8_oli_tirs": {"B10": 100, "B11": 100}}
+    cases = {
+        "landsat5_tm": {"B6": 120},
+        "landsat7_etm": {"B6": 60},
+        "landsat8_oli_tirs": {"B10": 100, "B11": 100},
+    }
     for sensor_name, thermal in cases.items():
         sensor = sensors.get_sensor(sensor_name)
         for band in sensor.bands:
@@ -117,8 +167,22 @@ def test_landsat9_matches_landsat8():
 
 def test_modis_toa():
     modis = sensors.get_sensor("modis_toa")
-    expected_um = [0.645, 0.8585, 0.469, 1.64, 2.13, 3.959, 1.375, 6.715, 7.325, 8.55, 9.73,
-                   11.03, 12.02, 13.335]
+    expected_um = [
+        0.645,
+        0.8585,
+        0.469,
+        1.64,
+        2.13,
+        3.959,
+        1.375,
+        6.715,
+        7.325,
+        8.55,
+        9.73,
+        11.03,
+        12.02,
+        13.335,
+    ]
     assert [b.center_nm / 1000 for b in modis.bands] == pytest.approx(expected_um, abs=0.02)
     emissive = {"b21", "b27", "b28", "b29", "b30", "b31", "b32", "b33"}
     for band in modis.bands:
@@ -166,7 +230,9 @@ def test_band_metadata_is_consistent(name):
 
 def test_wavelength_range_of_s2_band():
     assert sensors.get_sensor("sentinel2_l2a").band("B02").wavelength_range_nm == (
-        pytest.approx(459.4), pytest.approx(525.4))
+        pytest.approx(459.4),
+        pytest.approx(525.4),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -174,11 +240,22 @@ def test_wavelength_range_of_s2_band():
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("alias,canonical", [
-    ("b8a", "B8A"), ("nir08", "B8A"), ("B2", "B02"), ("b02", "B02"), ("blue", "B02"),
-    ("NIR", "B08"), ("water_vapor", "B09"), ("cirrus", "B10"), ("swir22", "B12"),
-    ("rededge1", "B05"), ("coastal", "B01"),
-])
+@pytest.mark.parametrize(
+    "alias,canonical",
+    [
+        ("b8a", "B8A"),
+        ("nir08", "B8A"),
+        ("B2", "B02"),
+        ("b02", "B02"),
+        ("blue", "B02"),
+        ("NIR", "B08"),
+        ("water_vapor", "B09"),
+        ("cirrus", "B10"),
+        ("swir22", "B12"),
+        ("rededge1", "B05"),
+        ("coastal", "B01"),
+    ],
+)
 def test_s2_aliases(alias, canonical):
     s2 = sensors.get_sensor("sentinel2_l1c")
     assert s2.band(alias).name == canonical
@@ -246,9 +323,20 @@ def test_registry_is_read_only():
 
 def test_register_sensor(scratch_names):
     scratch_names.append("test_cam")
-    sensor = sensors.Sensor("test_cam", (_band("pan", aliases=("P",)),
-                                         _band("sar", modality="sar", unit="dB", center_nm=None,
-                                               bandwidth_nm=None, frequency_ghz=1.27)))
+    sensor = sensors.Sensor(
+        "test_cam",
+        (
+            _band("pan", aliases=("P",)),
+            _band(
+                "sar",
+                modality="sar",
+                unit="dB",
+                center_nm=None,
+                bandwidth_nm=None,
+                frequency_ghz=1.27,
+            ),
+        ),
+    )
     sensors.register_sensor(sensor)
     assert sensors.get_sensor("test_cam") is sensor
     assert sensors.REGISTRY["test_cam"].band("p").name == "pan"
@@ -256,19 +344,24 @@ def test_register_sensor(scratch_names):
         sensors.register_sensor(sensor)
 
 
-@pytest.mark.parametrize("bands,match", [
-    ((), "no bands"),
-    ((_band(unit="watts"),), "unit"),
-    ((_band(modality="lidar"),), "modality"),
-    ((_band(gsd_m=0.0),), "gsd_m"),
-    ((_band(center_nm=None),), "center_nm"),
-    ((_band(modality="thermal", unit="brightness_temperature_K", bandwidth_nm=None),),
-     "bandwidth_nm"),
-    ((_band(modality="sar", unit="dB", center_nm=None, bandwidth_nm=None),), "frequency_ghz"),
-    ((_band("a"), _band("A")), "'a'"),
-    ((_band("a", aliases=("blue",)), _band("b", aliases=("Blue",))), "blue"),
-    ((_band("a"), _band("b", aliases=("a",))), "'a'"),
-])
+@pytest.mark.parametrize(
+    "bands,match",
+    [
+        ((), "no bands"),
+        ((_band(unit="watts"),), "unit"),
+        ((_band(modality="lidar"),), "modality"),
+        ((_band(gsd_m=0.0),), "gsd_m"),
+        ((_band(center_nm=None),), "center_nm"),
+        (
+            (_band(modality="thermal", unit="brightness_temperature_K", bandwidth_nm=None),),
+            "bandwidth_nm",
+        ),
+        ((_band(modality="sar", unit="dB", center_nm=None, bandwidth_nm=None),), "frequency_ghz"),
+        ((_band("a"), _band("A")), "'a'"),
+        ((_band("a", aliases=("blue",)), _band("b", aliases=("Blue",))), "blue"),
+        ((_band("a"), _band("b", aliases=("a",))), "'a'"),
+    ],
+)
 def test_register_sensor_validation(scratch_names, bands, match):
     scratch_names.append("bad_cam")
     with pytest.raises(ValueError, match=match):
@@ -279,7 +372,8 @@ def test_register_sensor_validation(scratch_names, bands, match):
 def test_register_accepts_unknown_gsd_and_own_name_alias(scratch_names):
     scratch_names.append("ok_cam")
     sensors.register_sensor(
-        sensors.Sensor("ok_cam", (_band("VV", gsd_m=math.nan, aliases=("vv",)),)))
+        sensors.Sensor("ok_cam", (_band("VV", gsd_m=math.nan, aliases=("vv",)),))
+    )
     assert sensors.get_sensor("ok_cam").band("vV").name == "VV"
 
 
@@ -288,14 +382,23 @@ def test_register_accepts_unknown_gsd_and_own_name_alias(scratch_names):
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value,expected", [
-    ("04.00", 4.0), ("4.00", 4.0), ("05.10", 5.1), ("02.09", 2.09), ("N0400", 4.0),
-    ("N0510", 5.1), (" N0209 ", 2.09),
-    ("S2B_MSIL1C_20200604T054639_N0209_R048_T43RCP_20200604T083537", 2.09),
-    ("S2A_MSIL2A_20230115T101401_N0509_R022_T32TQM_20230115T135012.SAFE", 5.09),
-    ("N9999", None), ("99.99", None),
-    ("S2A_MSIL1C_20170105T013442_N9999_R031_T53NMJ_20170105T013443", None),
-])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        ("04.00", 4.0),
+        ("4.00", 4.0),
+        ("05.10", 5.1),
+        ("02.09", 2.09),
+        ("N0400", 4.0),
+        ("N0510", 5.1),
+        (" N0209 ", 2.09),
+        ("S2B_MSIL1C_20200604T054639_N0209_R048_T43RCP_20200604T083537", 2.09),
+        ("S2A_MSIL2A_20230115T101401_N0509_R022_T32TQM_20230115T135012.SAFE", 5.09),
+        ("N9999", None),
+        ("99.99", None),
+        ("S2A_MSIL1C_20170105T013442_N9999_R031_T53NMJ_20170105T013443", None),
+    ],
+)
 def test_parse_s2_processing_baseline(value, expected):
     assert sensors.parse_s2_processing_baseline(value) == expected
 
@@ -306,10 +409,19 @@ def test_parse_s2_processing_baseline_rejects_garbage(value):
         sensors.parse_s2_processing_baseline(value)
 
 
-@pytest.mark.parametrize("baseline,offset", [
-    (None, 0), (2.09, 0), (3.99, 0), (4.0, 1000), (5.1, 1000), ("03.01", 0), ("N0400", 1000),
-    ("N9999", 0),
-])
+@pytest.mark.parametrize(
+    "baseline,offset",
+    [
+        (None, 0),
+        (2.09, 0),
+        (3.99, 0),
+        (4.0, 1000),
+        (5.1, 1000),
+        ("03.01", 0),
+        ("N0400", 1000),
+        ("N9999", 0),
+    ],
+)
 def test_s2_offset_dn(baseline, offset):
     assert sensors.s2_offset_dn(baseline) == offset
     assert sensors.S2_BASELINE_OFFSET_DN == 1000

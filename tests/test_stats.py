@@ -32,8 +32,13 @@ def _chunks(x, bounds):
 
 def _numpy_stats(values, percentiles=PERCENTILES):
     values = np.asarray(values, np.float64)
-    out = {"count": values.size, "mean": values.mean(), "std": values.std(),
-           "min": values.min(), "max": values.max()}
+    out = {
+        "count": values.size,
+        "mean": values.mean(),
+        "std": values.std(),
+        "min": values.min(),
+        "max": values.max(),
+    }
     for q in percentiles:
         out[stats_lib.percentile_key(q)] = np.percentile(values, q)
     return out
@@ -186,9 +191,9 @@ def test_nan_and_inf_excluded():
 
 
 def _merge_case(x, split, bounds_a, bounds_b, **kwargs):
-    single = stats_lib.BandStatsAccumulator(BANDS[:x.shape[-1]], **kwargs)
-    a = stats_lib.BandStatsAccumulator(BANDS[:x.shape[-1]], **kwargs)
-    b = stats_lib.BandStatsAccumulator(BANDS[:x.shape[-1]], **kwargs)
+    single = stats_lib.BandStatsAccumulator(BANDS[: x.shape[-1]], **kwargs)
+    a = stats_lib.BandStatsAccumulator(BANDS[: x.shape[-1]], **kwargs)
+    b = stats_lib.BandStatsAccumulator(BANDS[: x.shape[-1]], **kwargs)
     for chunk in _chunks(x, bounds_a + [split] + [s + split for s in bounds_b]):
         single.update(chunk)
     for chunk in _chunks(x[:split], bounds_a):
@@ -295,8 +300,7 @@ def _example_stats():
 def test_json_round_trip(tmp_path):
     stats = _example_stats()
     path = tmp_path / "stats.json"
-    stats_lib.write_stats_json(path, stats,
-                               sensors={"s2": "sentinel2_l2a", "s1": "sentinel1_grd"})
+    stats_lib.write_stats_json(path, stats, sensors={"s2": "sentinel2_l2a", "s1": "sentinel1_grd"})
     assert os.listdir(tmp_path) == ["stats.json"]  # No leftover .tmp file.
     doc = json.loads(path.read_text())
     assert doc["format"] == "eofm.band_stats/1"
@@ -315,8 +319,9 @@ def test_json_round_trip(tmp_path):
 
 def test_write_requires_sensor_names(tmp_path):
     with pytest.raises(ValueError, match="s1"):
-        stats_lib.write_stats_json(tmp_path / "x.json", _example_stats(),
-                                   sensors={"s2": "sentinel2_l2a"})
+        stats_lib.write_stats_json(
+            tmp_path / "x.json", _example_stats(), sensors={"s2": "sentinel2_l2a"}
+        )
     assert not os.listdir(tmp_path)
 
 
@@ -328,18 +333,30 @@ def test_failed_write_leaves_no_tmp(tmp_path):
     assert not os.listdir(tmp_path)
 
 
-@pytest.mark.parametrize("content", [
+@pytest.mark.parametrize(
+    "content",
+    [
         "{not json",
         "[]",
         json.dumps({"format": "other/1", "sensors": {}}),
         json.dumps({"format": "eofm.band_stats/1"}),
         json.dumps({"format": "eofm.band_stats/1", "sensors": {"s2": {"bands": [], "stats": {}}}}),
-        json.dumps({"format": "eofm.band_stats/1",
-                    "sensors": {"s2": {"sensor": "x", "bands": ["B02"], "stats": {}}}}),
-        json.dumps({"format": "eofm.band_stats/1",
-                    "sensors": {"s2": {"sensor": "x", "bands": ["B02"],
-                                       "stats": {"B02": {"mean": "1"}}}}}),
-])
+        json.dumps(
+            {
+                "format": "eofm.band_stats/1",
+                "sensors": {"s2": {"sensor": "x", "bands": ["B02"], "stats": {}}},
+            }
+        ),
+        json.dumps(
+            {
+                "format": "eofm.band_stats/1",
+                "sensors": {
+                    "s2": {"sensor": "x", "bands": ["B02"], "stats": {"B02": {"mean": "1"}}}
+                },
+            }
+        ),
+    ],
+)
 def test_read_rejects_corrupt_files(tmp_path, content):
     path = tmp_path / "bad.json"
     path.write_text(content)

@@ -23,8 +23,18 @@ from eofm.data import spec as spec_lib
 from eofm.data.tfds_source import TfdsSource
 
 EUROSAT_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/eurosat_ms"
-CLASSES = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
-           "PermanentCrop", "Residential", "River", "SeaLake"]
+CLASSES = [
+    "AnnualCrop",
+    "Forest",
+    "HerbaceousVegetation",
+    "Highway",
+    "Industrial",
+    "Pasture",
+    "PermanentCrop",
+    "Residential",
+    "River",
+    "SeaLake",
+]
 PER_CLASS = 2
 NAME = "eurosat_ms_sample"
 S2 = spec_lib.SensorSpec.full("sentinel2_l1c")
@@ -42,8 +52,12 @@ def sample_rows() -> list[dict[str, str]]:
     """The first `PER_CLASS` rows of each class of labels.csv."""
     with open(EUROSAT_DIR / "labels.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    return [row for name in CLASSES if (of_class := [r for r in rows if r["class_name"] == name])
-            for row in of_class[:PER_CLASS]]
+    return [
+        row
+        for name in CLASSES
+        if (of_class := [r for r in rows if r["class_name"] == name])
+        for row in of_class[:PER_CLASS]
+    ]
 
 
 class EurosatMsSample(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -56,13 +70,16 @@ class EurosatMsSample(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
-                builder=self,
-                features=tfds.features.FeaturesDict({
-                        "sentinel2": tfds.features.Tensor(shape=(64, 64, 13), dtype=np.float32),
-                        "label": tfds.features.ClassLabel(names=CLASSES),
-                        "filename": tfds.features.Text(),
-                }),
-                supervised_keys=("sentinel2", "label"))
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    "sentinel2": tfds.features.Tensor(shape=(64, 64, 13), dtype=np.float32),
+                    "label": tfds.features.ClassLabel(names=CLASSES),
+                    "filename": tfds.features.Text(),
+                }
+            ),
+            supervised_keys=("sentinel2", "label"),
+        )
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Reads local files only.
@@ -70,11 +87,14 @@ class EurosatMsSample(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, rows):
         for row in rows:
-            yield row["path"], {
+            yield (
+                row["path"],
+                {
                     "sentinel2": read_tif(EUROSAT_DIR / row["path"]),
                     "label": row["class_name"],
                     "filename": row["path"],
-            }
+                },
+            )
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +184,13 @@ def test_not_prepared(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         TfdsSource(NAME, "test", data_dir=str(tmp_path), images=IMAGES)
     message = str(error.value)
-    for part in (NAME, "'test'", str(tmp_path), "--file_format=array_record",
-                 "download_and_prepare(file_format='array_record')"):
+    for part in (
+        NAME,
+        "'test'",
+        str(tmp_path),
+        "--file_format=array_record",
+        "download_and_prepare(file_format='array_record')",
+    ):
         assert part in message
 
 

@@ -55,7 +55,8 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(
             f"{directory}: no {MANIFEST}; the directory was not prepared or its preparation did not"
-            " finish (run scripts/prepare_arrayrecord.py again: it resumes)")
+            " finish (run scripts/prepare_arrayrecord.py again: it resumes)"
+        )
     manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
@@ -80,8 +81,10 @@ class ArrayRecordSource:
                 raise FileNotFoundError(f"{path}: shard listed in {MANIFEST} is missing")
         self._source = grain.sources.ArrayRecordDataSource([os.fspath(p) for p in paths])
         if len(self._source) != self.manifest["num_examples"]:
-            raise ValueError(f"{directory}: shards hold {len(self._source)} records, {MANIFEST}"
-                             f" says {self.manifest['num_examples']}; re-run the preparation")
+            raise ValueError(
+                f"{directory}: shards hold {len(self._source)} records, {MANIFEST}"
+                f" says {self.manifest['num_examples']}; re-run the preparation"
+            )
 
     def __len__(self) -> int:
         return len(self._source)
@@ -119,21 +122,22 @@ def _write_shard(path: Path, records: Sequence[bytes]) -> None:
 
 
 def _feature_info(sample: Mapping[str, Any]) -> dict[str, dict]:
-    return {k: {"shape": list(np.shape(v)), "dtype": np.asarray(v).dtype.str}
-            for k, v in sample.items()}
+    return {
+        k: {"shape": list(np.shape(v)), "dtype": np.asarray(v).dtype.str} for k, v in sample.items()
+    }
 
 
 def prepare(
-        source: Any,
-        directory: str | os.PathLike,
-        *,
-        name: str = "data",
-        examples_per_shard: int = 1024,
-        licence: str = "",
-        citation: str = "",
-        description: str = "",
-        overwrite: bool = False,
-        log_every: int = 100,
+    source: Any,
+    directory: str | os.PathLike,
+    *,
+    name: str = "data",
+    examples_per_shard: int = 1024,
+    licence: str = "",
+    citation: str = "",
+    description: str = "",
+    overwrite: bool = False,
+    log_every: int = 100,
 ) -> dict[str, Any]:
     """Writes `source` (with `specs` attribute) into ArrayRecord shards plus manifest and stats.
 
@@ -155,14 +159,19 @@ def prepare(
     manifest_path = directory / MANIFEST
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
-        same = (old.get("num_examples") == num and [s["file"] for s in old.get("shards", [])] == names
-                and old.get("specs") == specs_to_json(specs))
+        same = (
+            old.get("num_examples") == num
+            and [s["file"] for s in old.get("shards", [])] == names
+            and old.get("specs") == specs_to_json(specs)
+        )
         if same and not overwrite:
             logging.info("%s is already prepared; nothing to do", directory)
             return old
         if not overwrite:
-            raise FileExistsError(f"{directory} holds a different prepared dataset ({old.get('name')},"
-                                  f" {old.get('num_examples')} examples); pass overwrite=True")
+            raise FileExistsError(
+                f"{directory} holds a different prepared dataset ({old.get('name')},"
+                f" {old.get('num_examples')} examples); pass overwrite=True"
+            )
         manifest_path.unlink()  # From here on the directory counts as incomplete.
     for stale in directory.glob("*.tmp"):
         stale.unlink()
@@ -193,20 +202,28 @@ def prepare(
             done += 1
             if log_every and done % log_every == 0:
                 rate = done / (time.time() - start)
-                logging.info("%d/%d examples, %.1f/s, ETA %.0fs", done, num, rate, (num - done) / rate)
+                logging.info(
+                    "%d/%d examples, %.1f/s, ETA %.0fs", done, num, rate, (num - done) / rate
+                )
         if not reuse:
             _write_shard(path, records)
 
     band_stats = {k: acc.result() for k, acc in accumulators.items()}
-    stats_lib.write_stats_json(directory / STATS, band_stats,
-                               sensors={k: s.sensor for k, s in specs.items()})
+    stats_lib.write_stats_json(
+        directory / STATS, band_stats, sensors={k: s.sensor for k, s in specs.items()}
+    )
     manifest = {
         "format": FORMAT,
         "name": name,
         "description": description,
         "num_examples": num,
-        "shards": [{"file": n, "num_examples": min(num, (i + 1) * examples_per_shard)
-                    - i * examples_per_shard} for i, n in enumerate(names)],
+        "shards": [
+            {
+                "file": n,
+                "num_examples": min(num, (i + 1) * examples_per_shard) - i * examples_per_shard,
+            }
+            for i, n in enumerate(names)
+        ],
         "specs": specs_to_json(specs),
         "features": features,
         "label_names": getattr(source, "label_names", None),

@@ -8,7 +8,7 @@ masks use nearest neighbour, so classes are never blended.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -24,8 +24,13 @@ def _source_coords(start: float, extent: float, n_out: int, n_in: int) -> np.nda
     return rel * n_in - 0.5
 
 
-def crop_resize(array: np.ndarray, box: tuple[float, float, float, float],
-                out_hw: tuple[int, int], *, nearest: bool) -> np.ndarray:
+def crop_resize(
+    array: np.ndarray,
+    box: tuple[float, float, float, float],
+    out_hw: tuple[int, int],
+    *,
+    nearest: bool,
+) -> np.ndarray:
     """Resamples the relative box (top, left, height, width) of an [H, W, ...] array to out_hw."""
     top, left, bh, bw = box
     h, w = array.shape[:2]
@@ -60,9 +65,17 @@ class RandomCropFlipRotate(grain.transforms.RandomMap):
       rot90: rotate by k * 90 degrees, k uniform in {0, 1, 2, 3}.
     """
 
-    def __init__(self, image_keys: Sequence[str], *, size: int, mask_keys: Sequence[str] = (),
-                 scale: tuple[float, float] = (1.0, 1.0), hflip: bool = True, vflip: bool = True,
-                 rot90: bool = True):
+    def __init__(
+        self,
+        image_keys: Sequence[str],
+        *,
+        size: int,
+        mask_keys: Sequence[str] = (),
+        scale: tuple[float, float] = (1.0, 1.0),
+        hflip: bool = True,
+        vflip: bool = True,
+        rot90: bool = True,
+    ):
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"crop scale must satisfy 0 < lo <= hi <= 1, got {scale}")
         self.image_keys = tuple(image_keys)
@@ -90,8 +103,3 @@ class RandomCropFlipRotate(grain.transforms.RandomMap):
                 y = y[::-1]
             out[key] = np.ascontiguousarray(np.rot90(y, k, axes=(0, 1)))
         return out
-
-
-def spatial_sizes(sample: Mapping[str, Any], keys: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """[H, W] of each key, for checks and logs."""
-    return {k: tuple(sample[k].shape[:2]) for k in keys}

@@ -30,7 +30,7 @@ _MINMAX_EPS = 1e-10
 @dataclasses.dataclass(frozen=True)
 class _Affine:
     offset: np.ndarray  # [C]
-    scale: np.ndarray   # [C]
+    scale: np.ndarray  # [C]
     clip: bool
 
 
@@ -60,20 +60,31 @@ class Normalize(grain.transforms.Map):
         sensor, or a zero spread (std or p99 - p1) for a band.
     """
 
-    def __init__(self, specs: Mapping[str, SensorSpec], method: str | Mapping[str, str],
-                 stats: Mapping[str, Mapping[str, Any]] | None = None):
+    def __init__(
+        self,
+        specs: Mapping[str, SensorSpec],
+        method: str | Mapping[str, str],
+        stats: Mapping[str, Mapping[str, Any]] | None = None,
+    ):
         methods = {k: method for k in specs} if isinstance(method, str) else dict(method)
         self.methods = methods
         self._affine: dict[str, _Affine] = {}
         for key, m in methods.items():
             if m not in METHODS:
-                raise ValueError(f"unknown normalisation {m!r} for {key!r}; expected one of {METHODS}")
+                raise ValueError(
+                    f"unknown normalisation {m!r} for {key!r}; expected one of {METHODS}"
+                )
             if key not in specs:
-                raise ValueError(f"normalisation given for {key!r}, but the data has {sorted(specs)}")
+                raise ValueError(
+                    f"normalisation given for {key!r}, but the data has {sorted(specs)}"
+                )
             if m != "minmax_per_image":
                 self._affine[key] = _affine(m, _band_stats(key, specs[key], stats))
-                bad = [b for b, s in zip(specs[key].bands, self._affine[key].scale)
-                       if not np.isfinite(s)]
+                bad = [
+                    b
+                    for b, s in zip(specs[key].bands, self._affine[key].scale)
+                    if not np.isfinite(s)
+                ]
                 if bad:
                     raise ValueError(f"statistics of {key!r} have zero spread for bands {bad}")
 
@@ -98,16 +109,21 @@ class Normalize(grain.transforms.Map):
 
 def _band_stats(key: str, spec: SensorSpec, stats) -> list[Mapping[str, float]]:
     if stats is None or key not in stats:
-        raise ValueError(f"no statistics for {key!r} ({spec.sensor});"
-                         f" available: {sorted(stats or {})}")
+        raise ValueError(
+            f"no statistics for {key!r} ({spec.sensor}); available: {sorted(stats or {})}"
+        )
     entry = stats[key]
     if entry["sensor"] != spec.sensor:
-        raise ValueError(f"statistics for {key!r} are for sensor {entry['sensor']}, but the data is"
-                         f" {spec.sensor}")
+        raise ValueError(
+            f"statistics for {key!r} are for sensor {entry['sensor']}, but the data is"
+            f" {spec.sensor}"
+        )
     missing = [b for b in spec.bands if b not in entry["stats"]]
     if missing:
-        raise ValueError(f"statistics for {key!r} ({spec.sensor}) lack bands {missing};"
-                         f" they have {list(entry['stats'])}")
+        raise ValueError(
+            f"statistics for {key!r} ({spec.sensor}) lack bands {missing};"
+            f" they have {list(entry['stats'])}"
+        )
     return [entry["stats"][b] for b in spec.bands]
 
 

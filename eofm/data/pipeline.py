@@ -21,16 +21,16 @@ from absl import flags
 
 
 def make_dataset(
-        source: Any,
-        *,
-        batch_size: int,
-        seed: int,
-        shuffle: bool = True,
-        num_epochs: int | None = None,
-        transforms: Sequence[grain.transforms.Map | grain.transforms.RandomMap] = (),
-        process_index: int | None = None,
-        process_count: int | None = None,
-        drop_remainder: bool = True,
+    source: Any,
+    *,
+    batch_size: int,
+    seed: int,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    transforms: Sequence[grain.transforms.Map | grain.transforms.RandomMap] = (),
+    process_index: int | None = None,
+    process_count: int | None = None,
+    drop_remainder: bool = True,
 ) -> grain.MapDataset:
     """A batched `MapDataset` for this process.
 
@@ -44,6 +44,7 @@ def make_dataset(
     """
     if process_index is None or process_count is None:
         import jax  # Local: data preparation scripts do not need JAX initialised.
+
         process_index, process_count = jax.process_index(), jax.process_count()
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} outside [0, {process_count})")
@@ -61,16 +62,19 @@ def make_dataset(
     return ds.batch(batch_size, drop_remainder=drop_remainder)
 
 
-def make_iterator(ds: grain.MapDataset, *, num_workers: int = 0,
-                  prefetch: int = 2) -> grain.DatasetIterator:
+def make_iterator(
+    ds: grain.MapDataset, *, num_workers: int = 0, prefetch: int = 2
+) -> grain.DatasetIterator:
     """An iterator with checkpointable state; `num_workers > 0` decodes in worker processes."""
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0 if num_workers else 2,
-                                                 prefetch_buffer_size=prefetch))
+    it_ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=0 if num_workers else 2, prefetch_buffer_size=prefetch)
+    )
     if num_workers:
         # grain's workers read absl flags; outside `absl.app.run` (notebooks, pytest) they are
         # unparsed, so take the defaults.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=num_workers, per_worker_buffer_size=prefetch))
+        it_ds = it_ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch)
+        )
     return iter(it_ds)

@@ -55,7 +55,7 @@ def _load(da: xr.DataArray, path, what: str = "") -> np.ndarray:
 
 
 def read_raster(
-        path: str | os.PathLike, *, expected_bands: int | None = None
+    path: str | os.PathLike, *, expected_bands: int | None = None
 ) -> tuple[np.ndarray, float | None]:
     """Reads all bands of a raster file.
 
@@ -73,10 +73,10 @@ def read_raster(
 
 
 def read_band_files(
-        paths: Mapping[str, str | os.PathLike],
-        *,
-        resampling: str = "bilinear",
-        reference: str | None = None,
+    paths: Mapping[str, str | os.PathLike],
+    *,
+    resampling: str = "bilinear",
+    reference: str | None = None,
 ) -> tuple[np.ndarray, dict[str, float | None]]:
     """Reads one single-band file per band and resamples all onto one grid.
 
@@ -103,8 +103,11 @@ def read_band_files(
     out, nodata = [], {}
     for band, da in arrays.items():
         nodata[band] = da.rio.nodata
-        on_grid = (da.rio.shape == ref.rio.shape and da.rio.crs == ref.rio.crs
-                   and da.rio.transform() == ref.rio.transform())
+        on_grid = (
+            da.rio.shape == ref.rio.shape
+            and da.rio.crs == ref.rio.crs
+            and da.rio.transform() == ref.rio.transform()
+        )
         if not on_grid:
             try:
                 da = da.astype(np.float32).rio.reproject_match(ref, resampling=method)
@@ -115,8 +118,11 @@ def read_band_files(
 
 
 def resample_array(
-        array: np.ndarray, out_hw: tuple[int, int], *, resampling: str = "bilinear",
-        nodata: float | None = None,
+    array: np.ndarray,
+    out_hw: tuple[int, int],
+    *,
+    resampling: str = "bilinear",
+    nodata: float | None = None,
 ) -> np.ndarray:
     """Resamples an un-georeferenced [h, w, C] array covering the same footprint to [H, W, C].
 
@@ -131,7 +137,14 @@ def resample_array(
     dst = np.zeros((src.shape[0], H, W), np.float32)
     crs = rasterio.crs.CRS.from_epsg(3857)  # Any projected CRS: source and target are the same.
     rasterio.warp.reproject(
-            src, dst, src_transform=Affine.scale(W / w, H / h), src_crs=crs,
-            dst_transform=Affine.identity(), dst_crs=crs, resampling=resampling_method(resampling),
-            src_nodata=nodata, dst_nodata=nodata)
+        src,
+        dst,
+        src_transform=Affine.scale(W / w, H / h),
+        src_crs=crs,
+        dst_transform=Affine.identity(),
+        dst_crs=crs,
+        resampling=resampling_method(resampling),
+        src_nodata=nodata,
+        dst_nodata=nodata,
+    )
     return np.moveaxis(dst, 0, -1)

@@ -24,11 +24,12 @@ from eofm.data import raster
 from eofm.data.spec import SensorSpec, check_band_count, image_and_mask, valid_key
 
 
-def band_nodata(spec: SensorSpec, file_nodata: float | None) -> list[float | None]:
-    """Per-band nodata: the file's own tag when it has one, else the registry's value."""
-    if file_nodata is not None:
-        return [file_nodata] * len(spec.bands)
-    return [band.nodata for band in spec.sensor_info.bands]
+def band_nodata(spec: SensorSpec, file_nodata: Sequence[float | None]) -> list[float | None]:
+    """Per-band nodata: each file's own tag when it has one, else the registry's value."""
+    return [
+        tag if tag is not None else band.nodata
+        for tag, band in zip(file_nodata, spec.sensor_info.bands, strict=True)
+    ]
 
 
 class GeoTiffSource:
@@ -46,15 +47,15 @@ class GeoTiffSource:
     """
 
     def __init__(
-            self,
-            files: Sequence[str | os.PathLike],
-            spec: SensorSpec,
-            *,
-            key: str = "image",
-            file_bands: Sequence[str] | None = None,
-            labels: Sequence[Any] | None = None,
-            label_names: Sequence[str] | None = None,
-            dn_offset: float = 0.0,
+        self,
+        files: Sequence[str | os.PathLike],
+        spec: SensorSpec,
+        *,
+        key: str = "image",
+        file_bands: Sequence[str] | None = None,
+        labels: Sequence[Any] | None = None,
+        label_names: Sequence[str] | None = None,
+        dn_offset: float = 0.0,
     ):
         if labels is not None and len(labels) != len(files):
             raise ValueError(f"{len(labels)} labels for {len(files)} files")
@@ -65,8 +66,10 @@ class GeoTiffSource:
         self.file_bands = sensor.resolve(tuple(file_bands or spec.bands))
         missing = [b for b in spec.bands if b not in self.file_bands]
         if missing:
-            raise ValueError(f"bands {missing} of {spec.sensor} are not in the files"
-                             f" (file bands: {', '.join(self.file_bands)})")
+            raise ValueError(
+                f"bands {missing} of {spec.sensor} are not in the files"
+                f" (file bands: {', '.join(self.file_bands)})"
+            )
         self._select = [self.file_bands.index(b) for b in spec.bands]
         self.labels = None if labels is None else list(labels)
         self.label_names = None if label_names is None else {"label": list(label_names)}
@@ -80,7 +83,8 @@ class GeoTiffSource:
         array, file_nodata = raster.read_raster(path, expected_bands=len(self.file_bands))
         spec = self.specs[self.key]
         array = array[..., self._select]
-        image, valid = image_and_mask(array, band_nodata(spec, file_nodata), where=path)
+        nodata = band_nodata(spec, [file_nodata] * len(spec.bands))
+        image, valid = image_and_mask(array, nodata, where=path)
         image[valid] -= self.dn_offset
         sample = {self.key: image, valid_key(self.key): valid, "id": path}
         if self.labels is not None:
@@ -102,7 +106,7 @@ class BandFilesItem:
 
 
 def find_band_files(
-        folder: str | os.PathLike, spec: SensorSpec, pattern: str = "{band}.tif"
+    folder: str | os.PathLike, spec: SensorSpec, pattern: str = "{band}.tif"
 ) -> dict[str, str]:
     """Finds one file per band of `spec` in `folder`.
 
@@ -114,14 +118,16 @@ def find_band_files(
     for band in spec.sensor_info.bands:
         matches = []
         for name in (band.name, *band.aliases):
-            matches = sorted(glob.glob(os.path.join(glob.escape(os.fspath(folder)),
-                                                    pattern.format(band=name))))
+            matches = sorted(
+                glob.glob(os.path.join(glob.escape(os.fspath(folder)), pattern.format(band=name)))
+            )
             if matches:
                 break
         if len(matches) != 1:
             found = "no file" if not matches else f"{len(matches)} files"
             raise FileNotFoundError(
-                f"{folder}: {found} for band {band.name} of {spec.sensor} (pattern {pattern!r})")
+                f"{folder}: {found} for band {band.name} of {spec.sensor} (pattern {pattern!r})"
+            )
         out[band.name] = matches[0]
     return out
 
@@ -134,23 +140,27 @@ class BandFilesSource:
     """
 
     def __init__(
-            self,
-            items: Sequence[BandFilesItem],
-            specs: Mapping[str, SensorSpec],
-            *,
-            resampling: str = "bilinear",
-            label_names: Mapping[str, Sequence[str]] | None = None,
+        self,
+        items: Sequence[BandFilesItem],
+        specs: Mapping[str, SensorSpec],
+        *,
+        resampling: str = "bilinear",
+        label_names: Mapping[str, Sequence[str]] | None = None,
     ):
         raster.resampling_method(resampling)  # Fails early on a typo.
         self.items = list(items)
         self.specs = dict(specs)
         self.resampling = resampling
-        self.label_names = None if label_names is None else {k: list(v) for k, v in label_names.items()}
+        self.label_names = (
+            None if label_names is None else {k: list(v) for k, v in label_names.items()}
+        )
         for item in self.items:
             for key, spec in self.specs.items():
                 if list(item.files.get(key, {})) != list(spec.bands):
-                    raise ValueError(f"{item.id}: files for {key!r} are for bands"
-                                     f" {list(item.files.get(key, {}))}, expected {list(spec.bands)}")
+                    raise ValueError(
+                        f"{item.id}: files for {key!r} are for bands"
+                        f" {list(item.files.get(key, {}))}, expected {list(spec.bands)}"
+                    )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -161,9 +171,9 @@ class BandFilesSource:
         for key, spec in self.specs.items():
             array, nodata = raster.read_band_files(item.files[key], resampling=self.resampling)
             check_band_count(array, spec, where=item.id)
-            per_band = [file_nd if file_nd is not None else band.nodata
-                        for file_nd, band in zip(nodata.values(), spec.sensor_info.bands)]
-            image, valid = image_and_mask(array, per_band, where=f"{item.id} ({key})")
+            image, valid = image_and_mask(
+                array, band_nodata(spec, list(nodata.values())), where=f"{item.id} ({key})"
+            )
             image[valid] -= item.dn_offset.get(key, 0.0)
             sample[key] = image
             sample[valid_key(key)] = valid

@@ -57,7 +57,7 @@ class SensorSpec:
 
 
 def image_and_mask(
-        array: np.ndarray, nodata: float | Sequence[float | None] | None, *, where: str
+    array: np.ndarray, nodata: float | Sequence[float | None] | None, *, where: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Converts a raw [H, W, C] array to (f32 image with invalid pixels zeroed, bool validity mask).
 
@@ -76,14 +76,13 @@ def image_and_mask(
     return image, valid
 
 
-def check_band_count(
-        array: np.ndarray, spec: SensorSpec, *, where: str
-) -> None:
+def check_band_count(array: np.ndarray, spec: SensorSpec, *, where: str) -> None:
     """Raises a ValueError naming `where` and the expected bands when channel counts disagree."""
     if array.shape[-1] != len(spec.bands):
         raise ValueError(
-                f"{where}: has {array.shape[-1]} bands but {spec.sensor} expects"
-                f" {len(spec.bands)} ({', '.join(spec.bands)})")
+            f"{where}: has {array.shape[-1]} bands but {spec.sensor} expects"
+            f" {len(spec.bands)} ({', '.join(spec.bands)})"
+        )
 
 
 def specs_from_json(d: Mapping[str, Mapping]) -> dict[str, SensorSpec]:
@@ -92,9 +91,3 @@ def specs_from_json(d: Mapping[str, Mapping]) -> dict[str, SensorSpec]:
 
 def specs_to_json(specs: Mapping[str, SensorSpec]) -> dict[str, dict]:
     return {k: v.to_json() for k, v in specs.items()}
-
-
-def spec_mapping(specs: Mapping[str, SensorSpec | Sequence]) -> dict[str, SensorSpec]:
-    """Accepts {key: SensorSpec} or {key: (sensor, bands)} and returns SensorSpecs."""
-    return {k: v if isinstance(v, SensorSpec) else SensorSpec(v[0], tuple(v[1]))
-                    for k, v in specs.items()}

@@ -90,8 +90,9 @@ class _DyadicHistogram:
         return math.floor(math.ldexp(value, -exp))
 
     def _fits(self, vmin: float, vmax: float) -> bool:
-        return (vmin >= math.ldexp(self.offset, self.exp)
-                and vmax < math.ldexp(self.offset + self.num_bins, self.exp))
+        return vmin >= math.ldexp(self.offset, self.exp) and vmax < math.ldexp(
+            self.offset + self.num_bins, self.exp
+        )
 
     def _occupied(self) -> tuple[int, int, int] | None:
         """(exp, first, last) global indices of the non-empty bins, or None when there are none."""
@@ -102,8 +103,9 @@ class _DyadicHistogram:
             return None
         return self.exp, self.offset + int(nonzero[0]), self.offset + int(nonzero[-1])
 
-    def _cover(self, min_exp: int, value_range: tuple[float, float] | None,
-               absorb: _DyadicHistogram | None) -> None:
+    def _cover(
+        self, min_exp: int, value_range: tuple[float, float] | None, absorb: _DyadicHistogram | None
+    ) -> None:
         """Moves to the finest grid with exp >= min_exp holding the current counts, `value_range`
         and the counts of `absorb`, then adds the latter."""
         sources = [self] + ([absorb] if absorb is not None else [])
@@ -194,8 +196,12 @@ class BandStatsAccumulator:
     Accumulators built on different workers combine with `merge`.
     """
 
-    def __init__(self, band_names: Sequence[str], percentiles: Sequence[float] = (1.0, 99.0),
-                 num_bins: int = 2**16):
+    def __init__(
+        self,
+        band_names: Sequence[str],
+        percentiles: Sequence[float] = (1.0, 99.0),
+        num_bins: int = 2**16,
+    ):
         self.band_names = tuple(band_names)
         if not self.band_names or len(set(self.band_names)) != len(self.band_names):
             raise ValueError(f"band_names must be non-empty and unique, got {self.band_names}")
@@ -227,8 +233,10 @@ class BandStatsAccumulator:
         x = np.asarray(x)
         c = len(self.band_names)
         if x.ndim == 0 or x.shape[-1] != c:
-            raise ValueError(f"expected {c} channels ({', '.join(self.band_names)}) in the last "
-                             f"axis, got shape {x.shape}")
+            raise ValueError(
+                f"expected {c} channels ({', '.join(self.band_names)}) in the last "
+                f"axis, got shape {x.shape}"
+            )
         ok = np.isfinite(x)
         if valid is not None:
             valid = np.asarray(valid).astype(bool, copy=False)
@@ -237,8 +245,9 @@ class BandStatsAccumulator:
             try:
                 ok &= np.broadcast_to(valid, x.shape)
             except ValueError:
-                raise ValueError(f"valid of shape {valid.shape} does not broadcast to the "
-                                 f"data shape {x.shape}") from None
+                raise ValueError(
+                    f"valid of shape {valid.shape} does not broadcast to the data shape {x.shape}"
+                ) from None
         x = x.astype(np.float64, copy=False).reshape(-1, c)
         ok = ok.reshape(-1, c)
         self._update_moments(x, ok)
@@ -273,11 +282,15 @@ class BandStatsAccumulator:
     def merge(self, other: BandStatsAccumulator) -> None:
         """Adds everything `other` has seen (e.g. from another worker); `other` is unchanged."""
         if other.band_names != self.band_names:
-            raise ValueError(f"cannot merge accumulators over different bands: "
-                             f"{self.band_names} vs {other.band_names}")
+            raise ValueError(
+                f"cannot merge accumulators over different bands: "
+                f"{self.band_names} vs {other.band_names}"
+            )
         if other.num_bins != self.num_bins:
-            raise ValueError(f"cannot merge accumulators with different num_bins: "
-                             f"{self.num_bins} vs {other.num_bins}")
+            raise ValueError(
+                f"cannot merge accumulators with different num_bins: "
+                f"{self.num_bins} vs {other.num_bins}"
+            )
         self._combine(other._count, other._mean, other._m2)
         self._min = np.minimum(self._min, other._min)
         self._max = np.maximum(self._max, other._max)
@@ -302,11 +315,11 @@ class BandStatsAccumulator:
             n = int(self._count[i])
             vmin, vmax = float(self._min[i]), float(self._max[i])
             stats = {
-                    "count": n,
-                    "mean": float(self._mean[i]),
-                    "std": math.sqrt(max(float(self._m2[i]), 0.0) / n),
-                    "min": vmin,
-                    "max": vmax,
+                "count": n,
+                "mean": float(self._mean[i]),
+                "std": math.sqrt(max(float(self._m2[i]), 0.0) / n),
+                "min": vmin,
+                "max": vmax,
             }
             values = self._hists[i].percentiles(self.percentiles, vmin, vmax)
             stats.update({percentile_key(q): v for q, v in zip(self.percentiles, values)})
@@ -314,8 +327,11 @@ class BandStatsAccumulator:
         return out
 
 
-def compute_band_stats(arrays: Iterable[np.ndarray | tuple[np.ndarray, np.ndarray]],
-                       band_names: Sequence[str], **kwargs) -> dict[str, dict[str, float]]:
+def compute_band_stats(
+    arrays: Iterable[np.ndarray | tuple[np.ndarray, np.ndarray]],
+    band_names: Sequence[str],
+    **kwargs,
+) -> dict[str, dict[str, float]]:
     """Stats over an iterable of chunks, each `x` or `(x, valid)`; kwargs go to the accumulator."""
     acc = BandStatsAccumulator(band_names, **kwargs)
     for item in arrays:
@@ -332,9 +348,12 @@ def _json_number(value) -> int | float:
     return int(value) if isinstance(value, (int, np.integer)) else float(value)
 
 
-def write_stats_json(path: str | os.PathLike,
-                     stats: Mapping[str, Mapping[str, Mapping[str, float]]], *,
-                     sensors: Mapping[str, str]) -> None:
+def write_stats_json(
+    path: str | os.PathLike,
+    stats: Mapping[str, Mapping[str, Mapping[str, float]]],
+    *,
+    sensors: Mapping[str, str],
+) -> None:
     """Writes `{sample_key: {band: {stat: value}}}` to `path` atomically.
 
     Layout:
@@ -353,10 +372,12 @@ def write_stats_json(path: str | os.PathLike,
     doc = {"format": FORMAT, "sensors": {}}
     for key, bands in stats.items():
         doc["sensors"][key] = {
-                "sensor": str(sensors[key]),
-                "bands": list(bands),
-                "stats": {band: {k: _json_number(v) for k, v in values.items()}
-                          for band, values in bands.items()},
+            "sensor": str(sensors[key]),
+            "bands": list(bands),
+            "stats": {
+                band: {k: _json_number(v) for k, v in values.items()}
+                for band, values in bands.items()
+            },
         }
     path = os.fspath(path)
     tmp = path + ".tmp"
@@ -405,7 +426,7 @@ def read_stats_json(path: str | os.PathLike) -> dict[str, dict]:
             fail(f"sensors[{key!r}]: bands {bands} do not match stats for {list(stats)}")
         for band, values in stats.items():
             if not isinstance(values, dict) or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool)
-                    for v in values.values()):
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()
+            ):
                 fail(f"sensors[{key!r}].stats[{band!r}] is not a mapping of numbers")
     return sensors

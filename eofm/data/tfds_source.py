@@ -55,14 +55,14 @@ class TfdsSource:
     """
 
     def __init__(
-            self,
-            name: str,
-            split: str,
-            *,
-            data_dir: str | None,
-            images: Mapping[str, tuple[str, spec_lib.SensorSpec]],
-            labels: Mapping[str, str] = _DEFAULT_LABELS,
-            nodata: float | None = None,
+        self,
+        name: str,
+        split: str,
+        *,
+        data_dir: str | None,
+        images: Mapping[str, tuple[str, spec_lib.SensorSpec]],
+        labels: Mapping[str, str] = _DEFAULT_LABELS,
+        nodata: float | None = None,
     ):
         """Opens the dataset and checks the requested features against its metadata.
 
@@ -89,18 +89,23 @@ class TfdsSource:
         for key, feature_key in {**self._image_features, **self._label_features}.items():
             if feature_key not in features:
                 raise KeyError(
-                        f"TFDS dataset {name!r} has no feature {feature_key!r} (for sample key"
-                        f" {key!r}); available features: {', '.join(sorted(features))}")
+                    f"TFDS dataset {name!r} has no feature {feature_key!r} (for sample key"
+                    f" {key!r}); available features: {', '.join(sorted(features))}"
+                )
         for key, feature_key in self._image_features.items():
             shape = features[feature_key].shape
             if shape and shape[-1] is not None:
                 # Fails on construction when the stored channel count is static and wrong;
                 # check_band_count only reads the trailing dimension.
                 spec_lib.check_band_count(
-                        np.empty((0, shape[-1])), self.specs[key], where=self._where(feature_key))
+                    np.empty((0, shape[-1])), self.specs[key], where=self._where(feature_key)
+                )
 
-        label_names = {key: names for key, feature_key in self._label_features.items()
-                       if (names := _class_names(features[feature_key])) is not None}
+        label_names = {
+            key: names
+            for key, feature_key in self._label_features.items()
+            if (names := _class_names(features[feature_key])) is not None
+        }
         self.label_names = label_names or None
         self._source = builder.as_data_source(split=split, file_format=_ARRAY_RECORD)
 
@@ -115,46 +120,55 @@ class TfdsSource:
             where = self._where(feature_key)
             spec_lib.check_band_count(array, self.specs[key], where=where)
             sample[key], sample[spec_lib.valid_key(key)] = spec_lib.image_and_mask(
-                    array, self.nodata, where=where)
+                array, self.nodata, where=where
+            )
         for key, feature_key in self._label_features.items():
             sample[key] = np.asarray(example[feature_key])
         return sample
 
     def __repr__(self) -> str:
-        images = {key: (feature, self.specs[key].sensor)
-                  for key, feature in self._image_features.items()}
-        return (f"TfdsSource(name={self.name!r}, split={self.split!r},"
-                f" data_dir={self.data_dir!r}, images={images}, labels={self._label_features},"
-                f" nodata={self.nodata})")
+        images = {
+            key: (feature, self.specs[key].sensor) for key, feature in self._image_features.items()
+        }
+        return (
+            f"TfdsSource(name={self.name!r}, split={self.split!r},"
+            f" data_dir={self.data_dir!r}, images={images}, labels={self._label_features},"
+            f" nodata={self.nodata})"
+        )
 
     def _where(self, feature_key: str) -> str:
         return f"TFDS {self.name!r} split {self.split!r} feature {feature_key!r}"
 
 
-def _prepared_builder(
-        name: str, split: str, data_dir: str | None
-) -> tfds.core.DatasetBuilder:
+def _prepared_builder(name: str, split: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     """The builder of `name` if prepared in `data_dir` as ArrayRecord; otherwise a clear error."""
-    shown_dir = data_dir if data_dir is not None else (
-            f"{tfds.core.constants.get_default_data_dir()} (the tfds default)")
+    shown_dir = (
+        data_dir
+        if data_dir is not None
+        else (f"{tfds.core.constants.get_default_data_dir()} (the tfds default)")
+    )
     dir_flag = f" --data_dir={data_dir}" if data_dir is not None else ""
-    how = (f"Prepare it with `tfds build {name} --file_format={_ARRAY_RECORD}{dir_flag}`"
-           f" or `tfds.builder({name!r}, data_dir=...)"
-           f".download_and_prepare(file_format={_ARRAY_RECORD!r})`.")
+    how = (
+        f"Prepare it with `tfds build {name} --file_format={_ARRAY_RECORD}{dir_flag}`"
+        f" or `tfds.builder({name!r}, data_dir=...)"
+        f".download_and_prepare(file_format={_ARRAY_RECORD!r})`."
+    )
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         builder = None
     if builder is None or not builder.is_prepared():
         raise FileNotFoundError(
-                f"TFDS dataset {name!r} (split {split!r}) is not prepared in data_dir"
-                f" {shown_dir}. {how}")
+            f"TFDS dataset {name!r} (split {split!r}) is not prepared in data_dir"
+            f" {shown_dir}. {how}"
+        )
     formats = {f.value for f in builder.info.available_file_formats()}
     if _ARRAY_RECORD not in formats:
         raise ValueError(
-                f"TFDS dataset {name!r} (split {split!r}) in data_dir {shown_dir} is stored as"
-                f" {', '.join(sorted(formats)) or 'an unknown format'}, which has no TF-free random"
-                f" access. {how}")
+            f"TFDS dataset {name!r} (split {split!r}) in data_dir {shown_dir} is stored as"
+            f" {', '.join(sorted(formats)) or 'an unknown format'}, which has no TF-free random"
+            f" access. {how}"
+        )
     return builder
 
 
