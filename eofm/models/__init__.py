@@ -1,0 +1,1 @@
+"""Model families: shared transformer layers, the ViT encoder and the masked autoencoder."""

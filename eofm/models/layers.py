@@ -1,0 +1,269 @@
+"""Transformer building blocks shared by every model family.
+
+Shapes: B batch, L (or N) tokens, D model width, H heads, p patch side, C channels.
+
+Every parameter carries logical sharding names (see `nnx.with_partitioning`), drawn only from
+`LOGICAL_AXES`; the training engine maps them onto a device mesh:
+  "embed"  model width D (also the decoder width),
+  "mlp"    MLP hidden width,
+  "heads"  the fused heads * head_dim width of the attention projections,
+  "patch"  a flattened patch p * p * C.
+A name appears at most once per parameter, so a D -> D' projection names only one side. The
+names are metadata only (no eager sharding), so models build outside a mesh too.
+
+Initialisation follows MAE: xavier-uniform Linear kernels, zero biases, LayerNorm ones / zeros.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.typing import DTypeLike
+
+LOGICAL_AXES = ("embed", "mlp", "heads", "patch")
+Axis = str | None
+
+_xavier_uniform = nnx.initializers.xavier_uniform()
+_zeros = nnx.initializers.zeros_init()
+_ones = nnx.initializers.ones_init()
+
+
+def logical(initializer: nnx.Initializer, axes: tuple[Axis, ...]) -> nnx.Initializer:
+    """`initializer` whose Params carry the logical sharding names `axes` (one per dim)."""
+    return nnx.with_partitioning(initializer, axes, eager_sharding=False)
+
+
+def linear(
+    in_features: int,
+    out_features: int,
+    axes: tuple[Axis, Axis],
+    *,
+    use_bias: bool = True,
+    dtype: DTypeLike = jnp.float32,
+    param_dtype: DTypeLike = jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.Linear:
+    """`nnx.Linear` with xavier-uniform kernel, zero bias and logical names `axes` (in, out)."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=logical(_xavier_uniform, axes),
+        bias_init=logical(_zeros, (axes[1],)),
+        rngs=rngs,
+    )
+
+
+def layer_norm(
+    dim: int,
+    *,
+    eps: float = 1e-6,
+    dtype: DTypeLike = jnp.float32,
+    param_dtype: DTypeLike = jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.LayerNorm:
+    """LayerNorm over the last axis (width `dim`, logical name "embed"); statistics in float32.
+
+    Uses the two-pass variance E[(x - E x)^2], as torch does.
+    """
+    return nnx.LayerNorm(
+        dim,
+        epsilon=eps,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        use_fast_variance=False,
+        scale_init=logical(_ones, ("embed",)),
+        bias_init=logical(_zeros, ("embed",)),
+        rngs=rngs,
+    )
+
+
+class Mlp(nnx.Module):
+    """Linear(D -> hidden) -> exact (erf) GELU -> Linear(hidden -> D).  [..., D] -> [..., D]."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        *,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.fc1 = linear(dim, hidden_dim, ("embed", "mlp"), **kw)
+        self.fc2 = linear(hidden_dim, dim, ("mlp", "embed"), **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention.  [B, L, D] -> [B, L, D].
+
+    q, k and v come from one fused kernel [D, 3, D] (logical names "embed", None, "heads"), so
+    that sharding "heads" splits q, k and v alike. Logits are scaled by 1/sqrt(D/H) and the
+    softmax runs in float32.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        qkv_bias: bool = True,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        # Fan-in D and fan-out 3D, as a fused torch Linear(D, 3D) under xavier-uniform.
+        self.qkv = nnx.LinearGeneral(
+            dim,
+            (3, dim),
+            use_bias=qkv_bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=logical(_xavier_uniform, ("embed", None, "heads")),
+            bias_init=logical(_zeros, (None, "heads")),
+            rngs=rngs,
+        )
+        self.proj = linear(
+            dim, dim, ("heads", "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
+
+    def __call__(self, x: jax.Array, attn_bias: jax.Array | None = None) -> jax.Array:
+        """Args: x [B, L, D]; attn_bias: additive logit bias [B or 1, H, L, L] (e.g. ALiBi)."""
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        out = jax.nn.dot_product_attention(q, k, v, bias=attn_bias)  # [B, L, H, D/H]
+        return self.proj(out.reshape(b, n, d))
+
+
+class Block(nnx.Module):
+    """Pre-LN transformer block: x + attn(LN(x)), then x + mlp(LN(x)).  [B, L, D] -> [B, L, D]."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        ln_eps: float = 1e-6,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm1 = layer_norm(dim, eps=ln_eps, **kw)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, **kw)
+        self.norm2 = layer_norm(dim, eps=ln_eps, **kw)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), **kw)
+
+    def __call__(self, x: jax.Array, attn_bias: jax.Array | None = None) -> jax.Array:
+        """Args: x [B, L, D]; attn_bias: optional [B or 1, H, L, L], see `Attention`."""
+        x = x + self.attn(self.norm1(x), attn_bias)
+        return x + self.mlp(self.norm2(x))
+
+
+def patchify(images: jax.Array, patch_size: int) -> jax.Array:
+    """Cuts images into non-overlapping patches.
+
+    Args:
+      images: [B, H, W, C], H and W multiples of p = `patch_size`.
+      patch_size: p.
+    Returns:
+      [B, L, p*p*C] with L = (H/p) * (W/p). Patches run over the grid row-major; each patch is
+      flattened in (row, col, channel) order, i.e. value (i, j, c) of a patch sits at
+      (i * p + j) * C + c.
+    """
+    b, h, w, c = images.shape
+    p = patch_size
+    if h % p or w % p:
+        raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
+    x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: jax.Array, patch_size: int, grid_hw: tuple[int, int]) -> jax.Array:
+    """Inverse of `patchify`: [B, gh*gw, p*p*C] -> [B, gh*p, gw*p, C], grid_hw = (gh, gw)."""
+    b, n, k = patches.shape
+    (gh, gw), p = grid_hw, patch_size
+    if n != gh * gw or k % (p * p):
+        raise ValueError(f"patches {patches.shape} do not fit grid {grid_hw} with patch {p}")
+    c = k // (p * p)
+    x = patches.reshape(b, gh, gw, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, gh * p, gw * p, c)
+
+
+class PatchEmbed(nnx.Module):
+    """Linear embedding of non-overlapping p x p patches.  [B, H, W, C] -> [B, L, D].
+
+    Equal to a stride-p convolution; the kernel [p*p*C, D] rows follow the `patchify` order.
+    """
+
+    def __init__(
+        self,
+        patch_size: int,
+        in_chans: int,
+        dim: int,
+        *,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.patch_size = patch_size
+        self.proj = linear(
+            patch_size * patch_size * in_chans,
+            dim,
+            ("patch", "embed"),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        return self.proj(patchify(images, self.patch_size))
+
+
+@functools.lru_cache(maxsize=64)
+def posemb_sincos_2d(grid_h: int, grid_w: int, dim: int) -> np.ndarray:
+    """Fixed 2-D sin-cos position table of MAE.  Returns float32 [grid_h * grid_w, dim].
+
+    Rows follow the patch grid row-major. Channels [0, D/2) encode the column index and
+    [D/2, D) the row index; each half is [sin(pos * w_k)]_k ++ [cos(pos * w_k)]_k with
+    w_k = 10000^(-k / (D/4)), k = 0 .. D/4 - 1. A cached read-only numpy constant, never a
+    parameter.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position width must be a multiple of 4, got {dim}")
+    omega = 1.0 / 10000.0 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))  # [D/4]
+    rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
+
+    def encode(pos: np.ndarray) -> np.ndarray:  # [L] -> [L, D/2]
+        angles = pos.reshape(-1, 1).astype(np.float64) * omega
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    table = np.concatenate([encode(cols), encode(rows)], axis=1).astype(np.float32)
+    table.flags.writeable = False
+    return table
+
+
+def block_flops(num_tokens: int, dim: int, mlp_dim: int) -> float:
+    """Forward matmul FLOPs of one `Block` on N tokens (2 FLOPs per multiply-add).
+
+    qkv 2N*D*3D + proj 2N*D*D + scores q.k 2N*N*D + weighted values 2N*N*D + MLP 2 * 2N*D*M
+    = 2N(4D^2 + 2DM) + 4N^2 D. Norms, softmax, GELU and residual adds are not counted.
+    """
+    n, d, m = num_tokens, dim, mlp_dim
+    return float(2 * n * (4 * d * d + 2 * d * m) + 4 * n * n * d)

@@ -1,0 +1,214 @@
+"""Masked autoencoder (He et al. 2022) on a plain ViT; the base the model families extend.
+
+Shapes: B batch, H x W pixels, C channels, p patch side, L = (H/p)(W/p) patches,
+K = int(L * (1 - mask_ratio)) kept patches, P = p*p*C values per patch, D / Dd encoder / decoder
+width. Patch values are flattened as in `layers.patchify`: (row, col, channel).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from eofm.models import layers
+from eofm.models.vit import ViTConfig, ViTEncoder, vit_forward_flops
+
+NORM_PIX_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MAEConfig:
+    """MAE hyper-parameters; the decoder reuses the encoder's mlp_ratio, qkv_bias, ln_eps, dtypes.
+
+    Attributes:
+      encoder: the ViT encoder.
+      decoder_dim: Dd, decoder width.
+      decoder_depth: number of decoder blocks.
+      decoder_heads: decoder attention heads.
+      mask_ratio: fraction of patches removed per example.
+      norm_pix_loss: regress per-patch normalised pixels (`norm_pix_stats`) instead of raw ones.
+    """
+
+    encoder: ViTConfig
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+
+    def num_kept(self, num_patches: int) -> int:
+        """K = int(L * (1 - mask_ratio)): patches the encoder sees."""
+        return int(num_patches * (1 - self.mask_ratio))
+
+
+def random_masking(
+    rng: jax.Array, batch: int, num_patches: int, num_kept: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-example random subset: argsort of uniform noise, the K lowest-noise patches are kept.
+
+    Returns:
+      ids_keep: int32 [B, K], kept patch indices (in shuffled order).
+      mask: float32 [B, L], 1 = removed, 0 = kept; exactly L - K ones per row.
+      ids_restore: int32 [B, L], position of each patch in the shuffled order (un-shuffles).
+    """
+    noise = jax.random.uniform(rng, (batch, num_patches))
+    ids_shuffle = jnp.argsort(noise, axis=1).astype(jnp.int32)
+    ids_restore = jnp.argsort(ids_shuffle, axis=1).astype(jnp.int32)
+    mask = (ids_restore >= num_kept).astype(jnp.float32)
+    return ids_shuffle[:, :num_kept], mask, ids_restore
+
+
+def norm_pix_stats(patches: jax.Array, eps: float = NORM_PIX_EPS) -> tuple[jax.Array, jax.Array]:
+    """Per-patch mean and sqrt(unbiased variance (ddof=1) + eps).  [B, L, P] -> 2 x [B, L, 1]."""
+    mean = jnp.mean(patches, axis=-1, keepdims=True)
+    var = jnp.var(patches, axis=-1, keepdims=True, ddof=1)
+    return mean, jnp.sqrt(var + eps)
+
+
+def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean over masked patches of the per-patch MSE.  [B, L, P], [B, L, P], [B, L] -> f32[]."""
+    per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)
+    return jnp.sum(per_patch * mask) / jnp.sum(mask)
+
+
+class MAE(nnx.Module):
+    """ViT encoder on the kept patches; a light ViT decoder predicts every patch's pixels."""
+
+    def __init__(self, cfg: MAEConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        enc = cfg.encoder
+        kw = dict(dtype=enc.dtype, param_dtype=enc.param_dtype, rngs=rngs)
+        self.encoder = ViTEncoder(enc, rngs=rngs)
+        # "embed" may name only one side of the D -> Dd projection.
+        self.decoder_embed = layers.linear(enc.embed_dim, cfg.decoder_dim, (None, "embed"), **kw)
+        token_init = layers.logical(nnx.initializers.normal(0.02), (None, None, "embed"))
+        self.mask_token = nnx.Param(
+            token_init(rngs.params(), (1, 1, cfg.decoder_dim), enc.param_dtype)
+        )
+        self.decoder_blocks = nnx.List(
+            [
+                layers.Block(
+                    cfg.decoder_dim,
+                    cfg.decoder_heads,
+                    mlp_ratio=enc.mlp_ratio,
+                    qkv_bias=enc.qkv_bias,
+                    ln_eps=enc.ln_eps,
+                    **kw,
+                )
+                for _ in range(cfg.decoder_depth)
+            ]
+        )
+        self.decoder_norm = layers.layer_norm(cfg.decoder_dim, eps=enc.ln_eps, **kw)
+        patch_dim = enc.patch_size**2 * enc.in_chans
+        self.decoder_pred = layers.linear(cfg.decoder_dim, patch_dim, ("embed", "patch"), **kw)
+
+    def decode(
+        self, latent: jax.Array, ids_restore: jax.Array, grid_hw: tuple[int, int]
+    ) -> jax.Array:
+        """Predicts all patches from the encoder output.
+
+        Args:
+          latent: [B, 1 + K, D] encoder tokens, CLS first, kept patches in shuffled order.
+          ids_restore: int32 [B, L] from `random_masking`.
+          grid_hw: (H/p, W/p).
+        Returns:
+          float32 [B, L, P] predictions in (normalised, if norm_pix_loss) pixel units.
+        """
+        x = self.decoder_embed(latent)
+        b, n, dd = x.shape
+        num_patches = ids_restore.shape[1]
+        fill = jnp.broadcast_to(self.mask_token[...].astype(x.dtype), (b, num_patches + 1 - n, dd))
+        patches = jnp.concatenate([x[:, 1:], fill], axis=1)
+        patches = jnp.take_along_axis(patches, ids_restore[..., None], axis=1)
+        patches = patches + jnp.asarray(layers.posemb_sincos_2d(*grid_hw, dd), x.dtype)
+        x = jnp.concatenate([x[:, :1], patches], axis=1)
+        for block in self.decoder_blocks:
+            x = block(x)
+        x = self.decoder_norm(x)
+        return self.decoder_pred(x[:, 1:]).astype(jnp.float32)
+
+    def _predict(self, images: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Masks, encodes and decodes.  -> (pred f32[B, L, P], mask f32[B, L])."""
+        b, h, w, _ = images.shape
+        p = self.cfg.encoder.patch_size
+        grid_hw = (h // p, w // p)
+        num_patches = grid_hw[0] * grid_hw[1]
+        ids_keep, mask, ids_restore = random_masking(
+            rng, b, num_patches, self.cfg.num_kept(num_patches)
+        )
+        x = self.encoder.embed_patches(images)
+        x = jnp.take_along_axis(x, ids_keep[..., None], axis=1)
+        latent = self.encoder.encode_tokens(x)
+        return self.decode(latent, ids_restore, grid_hw), mask
+
+    def __call__(
+        self, images: jax.Array, *, rng: jax.Array
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """MAE loss on a batch.
+
+        Args:
+          images: f32[B, H, W, C].
+          rng: PRNG key for the masks.
+        Returns:
+          loss: f32[], mean over masked patches of the per-patch MSE.
+          aux: {"pred": f32[B, L, P], "mask": f32[B, L] (1 = masked), "target": f32[B, L, P]}.
+        """
+        pred, mask = self._predict(images, rng)
+        target = layers.patchify(images.astype(jnp.float32), self.cfg.encoder.patch_size)
+        if self.cfg.norm_pix_loss:
+            mean, std = norm_pix_stats(target)
+            target = (target - mean) / std
+        loss = masked_mse(pred, target, mask)
+        return loss, {"pred": pred, "mask": mask, "target": target}
+
+    def reconstruct(self, images: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Predicted images for visualisation.
+
+        With norm_pix_loss the prediction is mapped back with each input patch's own mean / std.
+
+        Args:
+          images: f32[B, H, W, C].
+          rng: PRNG key for the masks.
+        Returns:
+          reconstruction: f32[B, H, W, C], the prediction for every patch, in input units.
+          mask: f32[B, H, W], 1 on pixels of masked patches.
+        """
+        b, h, w, _ = images.shape
+        p = self.cfg.encoder.patch_size
+        grid_hw = (h // p, w // p)
+        pred, mask = self._predict(images, rng)
+        if self.cfg.norm_pix_loss:
+            mean, std = norm_pix_stats(layers.patchify(images.astype(jnp.float32), p))
+            pred = pred * std + mean
+        pixel_mask = jnp.broadcast_to(mask[..., None], (*mask.shape, p * p))
+        return layers.unpatchify(pred, p, grid_hw), layers.unpatchify(pixel_mask, p, grid_hw)[..., 0]
+
+
+def mae_flops_per_example(cfg: MAEConfig, image_hw: tuple[int, int]) -> float:
+    """Training (forward + backward) matmul FLOPs per example, for MFU.
+
+    F = 3 * [ 2 L P D                          patch embedding of all L patches
+              + n_enc * block(1 + K, D, M)      encoder on CLS + K kept tokens
+              + 2 (1 + K) D Dd                  decoder embedding
+              + n_dec * block(1 + L, Dd, Md)    decoder on CLS + L tokens
+              + 2 L Dd P ]                      prediction head (CLS dropped first)
+    with block(N, D, M) = 2N(4D^2 + 2DM) + 4N^2 D (`layers.block_flops`), P = p^2 C,
+    M = mlp_ratio D, Md = mlp_ratio Dd, K = int(L (1 - mask_ratio)), 2 FLOPs per multiply-add
+    and the backward pass counted as twice the forward.
+    """
+    enc = cfg.encoder
+    p = enc.patch_size
+    num_patches = (image_hw[0] // p) * (image_hw[1] // p)
+    kept = cfg.num_kept(num_patches)
+    patch_dim = p * p * enc.in_chans
+    dec_mlp = int(cfg.decoder_dim * enc.mlp_ratio)
+    forward = (
+        vit_forward_flops(enc, 1 + kept, num_patches)
+        + 2.0 * (1 + kept) * enc.embed_dim * cfg.decoder_dim
+        + cfg.decoder_depth * layers.block_flops(1 + num_patches, cfg.decoder_dim, dec_mlp)
+        + 2.0 * num_patches * cfg.decoder_dim * patch_dim
+    )
+    return 3.0 * forward

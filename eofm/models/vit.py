@@ -1,0 +1,132 @@
+"""Plain ViT encoder with a CLS token and fixed sin-cos positions (MAE style).
+
+Shapes: B batch, H x W image pixels, C channels, p patch side, L = (H/p)(W/p) patches, D width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.typing import DTypeLike
+
+from eofm.models import layers
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ViTConfig:
+    """ViT encoder hyper-parameters.
+
+    Attributes:
+      patch_size: p, side of a square patch in pixels.
+      embed_dim: D, token width.
+      depth: number of transformer blocks.
+      num_heads: attention heads; must divide D.
+      in_chans: C, image channels.
+      mlp_ratio: MLP hidden width / D.
+      qkv_bias: whether the q, k, v projections have a bias.
+      ln_eps: LayerNorm epsilon.
+      dtype: compute (activation) dtype, e.g. jnp.bfloat16.
+      param_dtype: parameter storage dtype.
+    """
+
+    patch_size: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    in_chans: int = 3
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    ln_eps: float = 1e-6
+    dtype: DTypeLike = jnp.float32
+    param_dtype: DTypeLike = jnp.float32
+
+    @property
+    def mlp_dim(self) -> int:
+        return int(self.embed_dim * self.mlp_ratio)
+
+
+VIT_VARIANTS: dict[str, dict[str, int]] = {
+    "tiny": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "small": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "base": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "large": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
+    "huge": dict(patch_size=16, embed_dim=1280, depth=32, num_heads=16),
+}
+
+
+def vit_config(variant: str, **overrides: Any) -> ViTConfig:
+    """A `ViTConfig` for a named variant of `VIT_VARIANTS`, with fields replaced by `overrides`."""
+    if variant not in VIT_VARIANTS:
+        raise ValueError(f"unknown ViT variant {variant!r}; known: {sorted(VIT_VARIANTS)}")
+    return ViTConfig(**{**VIT_VARIANTS[variant], **overrides})
+
+
+class ViTEncoder(nnx.Module):
+    """Patch embedding + fixed sin-cos positions, a learnable CLS token, pre-LN blocks, final LN."""
+
+    def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+        self.patch_embed = layers.PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim, **kw)
+        cls_init = layers.logical(nnx.initializers.normal(0.02), (None, None, "embed"))
+        self.cls_token = nnx.Param(
+            cls_init(rngs.params(), (1, 1, cfg.embed_dim), cfg.param_dtype)
+        )
+        self.blocks = nnx.List(
+            [
+                layers.Block(
+                    cfg.embed_dim,
+                    cfg.num_heads,
+                    mlp_ratio=cfg.mlp_ratio,
+                    qkv_bias=cfg.qkv_bias,
+                    ln_eps=cfg.ln_eps,
+                    **kw,
+                )
+                for _ in range(cfg.depth)
+            ]
+        )
+        self.norm = layers.layer_norm(cfg.embed_dim, eps=cfg.ln_eps, **kw)
+
+    def embed_patches(self, images: jax.Array) -> jax.Array:
+        """Patch tokens with positions added.  images f32[B, H, W, C] -> [B, L, D] in `dtype`."""
+        p = self.cfg.patch_size
+        x = self.patch_embed(images)
+        pos = layers.posemb_sincos_2d(images.shape[1] // p, images.shape[2] // p, x.shape[-1])
+        return x + jnp.asarray(pos, x.dtype)
+
+    def encode_tokens(self, x: jax.Array) -> jax.Array:
+        """Prepends CLS (position zero) and runs blocks + final LN.
+
+        Args:
+          x: [B, N, D] embedded tokens, positions included (any subset of `embed_patches`).
+        Returns:
+          [B, 1 + N, D] in `dtype`; index 0 is CLS.
+        """
+        x = x.astype(self.cfg.dtype)
+        cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+        x = jnp.concatenate([cls, x], axis=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """images f32[B, H, W, C] -> tokens [B, 1 + L, D] (CLS first)."""
+        return self.encode_tokens(self.embed_patches(images))
+
+
+def vit_forward_flops(cfg: ViTConfig, num_tokens: int, num_patches: int | None = None) -> float:
+    """Forward matmul FLOPs of the encoder for one example (2 FLOPs per multiply-add).
+
+    = 2 * P * p^2 C * D (patch embedding of P patches) + depth * `layers.block_flops`(N, D, M),
+    with N = `num_tokens` (CLS included) and P = `num_patches` (default N - 1; MAE embeds all L
+    patches but encodes only 1 + kept).
+    """
+    if num_patches is None:
+        num_patches = num_tokens - 1
+    patch_dim = cfg.patch_size**2 * cfg.in_chans
+    embed = 2.0 * num_patches * patch_dim * cfg.embed_dim
+    return embed + cfg.depth * layers.block_flops(num_tokens, cfg.embed_dim, cfg.mlp_dim)

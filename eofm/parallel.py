@@ -1,0 +1,167 @@
+"""Device mesh, logical-axis sharding rules and multi-host initialisation.
+
+One mesh with axes ("data", "fsdp", "tensor"). Parameters carry logical axis names ("embed", "mlp",
+"heads", "patch", ...; see `eofm.models.layers`), and `LOGICAL_RULES` maps them to mesh axes:
+
+  batch -> ("data", "fsdp")   every data-parallel axis splits the batch
+  embed -> "fsdp"             FSDP: each parameter's model dimension is split across devices
+  mlp, heads -> "tensor"      tensor parallelism of the MLP hidden and attention heads
+
+Axes of size 1 shard nothing, so data parallelism, FSDP and FSDP + TP are mesh sizes (presets `dp`,
+`fsdp`, `fsdp_tp`), not code. A dimension that does not divide by its mesh axes stays replicated.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("patch", None),
+)
+
+PRESETS: Mapping[str, Mapping[str, int]] = {
+    "dp": {"data": -1, "fsdp": 1, "tensor": 1},
+    "fsdp": {"data": 1, "fsdp": -1, "tensor": 1},
+    "fsdp_tp": {"data": 1, "fsdp": -1, "tensor": 2},
+}
+
+
+def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+    """Resolves sizes per axis of MESH_AXES (one may be -1: the rest of the devices)."""
+    unknown = set(sizes) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"unknown mesh axes {sorted(unknown)}; expected {MESH_AXES}")
+    shape = [int(sizes.get(a, 1)) for a in MESH_AXES]
+    if shape.count(-1) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, shape))}")
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        if num_devices % known:
+            raise ValueError(f"{num_devices} devices do not divide into mesh {sizes}")
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) != num_devices:
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices,"
+            f" {num_devices} are available"
+        )
+    return tuple(shape)
+
+
+def make_mesh(preset: str | None = None, devices: Sequence[jax.Device] | None = None,
+              **sizes: int) -> Mesh:
+    """A ("data", "fsdp", "tensor") mesh from a preset and/or explicit sizes (sizes win)."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown mesh preset {preset!r}; expected one of {sorted(PRESETS)}")
+    resolved = {**(PRESETS[preset] if preset else {}), **sizes}
+    devices = list(devices if devices is not None else jax.devices())
+    shape = mesh_shape(resolved, len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                         devices=devices)
+
+
+def logical_to_mesh(
+    logical: PartitionSpec | Sequence[str | None],
+    shape: Sequence[int],
+    mesh: Mesh,
+    rules: Sequence[tuple[str, Any]] = LOGICAL_RULES,
+) -> PartitionSpec:
+    """Maps a logical PartitionSpec of an array of `shape` to mesh axes.
+
+    A mesh axis is used at most once per array; a dimension not divisible by the product of its
+    mesh axes is replicated instead.
+    """
+    table = dict(rules)
+    used: set[str] = set()
+    out = []
+    for name, dim in zip(tuple(logical) + (None,) * (len(shape) - len(logical)), shape):
+        axes = table.get(name) if name is not None else None
+        if name is not None and name not in table:
+            raise ValueError(f"logical axis {name!r} has no rule; rules cover {sorted(table)}")
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
+        if axes and dim % math.prod(mesh.shape[a] for a in axes) == 0:
+            used.update(axes)
+            out.append(axes[0] if len(axes) == 1 else axes)
+        else:
+            out.append(None)
+    return PartitionSpec(*out)
+
+
+def shardings_for(abstract_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
+    """NamedShardings for a pytree of (abstract) arrays whose nnx Variables carry logical names.
+
+    Leaves without names (optimizer step counters, scalars) are replicated.
+    """
+
+    def one(leaf):
+        if isinstance(leaf, nnx.Variable):
+            names = leaf.get_metadata().get("out_sharding") or ()
+            value = leaf.get_value()
+        else:
+            names, value = (), leaf
+        spec = logical_to_mesh(names, np.shape(value), mesh, rules)
+        sharding = NamedSharding(mesh, spec)
+        return leaf.replace(sharding) if isinstance(leaf, nnx.Variable) else sharding
+
+    return jax.tree.map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over every data-parallel axis."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def bytes_per_device(tree: Any) -> dict[jax.Device, int]:
+    """Bytes of the addressable shards of every array in `tree`, per device."""
+    total: dict[jax.Device, int] = {}
+    for leaf in jax.tree.leaves(tree):
+        for shard in leaf.addressable_shards:
+            total[shard.device] = total.get(shard.device, 0) + shard.data.nbytes
+    return total
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Starts `jax.distributed` when the run spans several processes.
+
+    With no arguments, JAX auto-detects TPU pods and SLURM / Open MPI jobs; explicit values (for
+    CPU tests or bare clusters) take precedence. CPU collectives use gloo. A single process with
+    nothing to detect is left alone.
+    """
+    explicit = coordinator_address is not None
+    detected = any(v in os.environ for v in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE",
+                                              "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
+    if not explicit and not detected:
+        return
+    # Only CPU computations use this; without it XLA refuses multi-process CPU programs.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if explicit:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    else:
+        jax.distributed.initialize()
+    logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
+                 jax.process_index(), jax.process_count(), jax.local_device_count(),
+                 jax.device_count())

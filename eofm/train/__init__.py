@@ -1,0 +1,1 @@
+"""Training engine shared by pretraining and finetuning: state, step, checkpoints, metrics, loop."""

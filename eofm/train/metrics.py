@@ -1,0 +1,94 @@
+"""Observability: metrics.jsonl, TensorBoard events, a progress line with MFU and ETA.
+
+MFU = model FLOPs per second / peak FLOPs per second. Model FLOPs per step come from each model's
+written-down formula (e.g. `eofm.models.mae.mae_flops_per_example` x global batch); the peak is
+given in the config or measured once as the throughput of a large float32 matmul on every local
+device, which on a CPU is the honest ceiling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def measure_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    """Measured FLOP/s of an n^3 float32 matmul, summed over this process's devices."""
+    devices = jax.local_devices()
+    a = jax.device_put(jnp.ones((n, n), jnp.float32), devices[0])
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        matmul(a).block_until_ready()
+    per_device = 2 * n**3 * repeats / (time.perf_counter() - start)
+    if devices[0].platform == "cpu":
+        return per_device  # Simulated CPU devices share the same cores.
+    return per_device * len(devices)
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard.
+
+    Only process 0 writes. On resume, `truncate_after(step)` drops records of steps that the
+    restored checkpoint had not reached (they will be logged again, identically).
+    """
+
+    def __init__(self, workdir: str | Path):
+        self.path = Path(workdir) / "metrics.jsonl"
+        self._active = jax.process_index() == 0
+        self._tb = None
+        if self._active:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.fspath(Path(workdir) / "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        if not self._active or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self._active:
+            return
+        record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _plain(value: Any) -> Any:
+    value = np.asarray(value)
+    return value.item() if value.ndim == 0 else value.tolist()
+
+
+def format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def progress_line(step: int, total: int, metrics: dict[str, Any], eta_s: float) -> str:
+    mfu = metrics.get("mfu")
+    return (f"step {step}/{total} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e}"
+            f" | {metrics['images_per_sec']:.1f} img/s"
+            + (f" | MFU {100 * mfu:.1f}%" if mfu is not None else "")
+            + f" | ETA {format_eta(eta_s)}")

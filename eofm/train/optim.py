@@ -1,0 +1,112 @@
+"""AdamW with linear warmup + cosine decay, weight-decay masks, layer-wise lr decay, frozen groups.
+
+Parameters are addressed by their path in the model state joined with "/", e.g.
+"encoder/blocks/3/attn/qkv/kernel". Schedules step once per optimizer update (not per microbatch).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import optax
+
+
+def param_path(path: tuple) -> str:
+    """'/'-joined names of a pytree key path."""
+    parts = []
+    for key in path:
+        name = getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))
+        parts.append(str(name))
+    return "/".join(parts)
+
+
+def map_paths(fn: Callable[[str, Any], Any], tree: Any) -> Any:
+    """Applies `fn(path, leaf)` to every leaf of `tree`."""
+    return jax.tree_util.tree_map_with_path(lambda p, x: fn(param_path(p), x), tree)
+
+
+def lr_schedule(base_lr: float, total_steps: int, warmup_steps: int,
+                end_lr_ratio: float = 0.0) -> optax.Schedule:
+    """Linear warmup from 0 to `base_lr`, then cosine decay to `base_lr * end_lr_ratio`."""
+    if not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"warmup_steps {warmup_steps} must lie in [0, total_steps={total_steps}]")
+    return optax.warmup_cosine_decay_schedule(
+        0.0, base_lr, warmup_steps, max(total_steps, warmup_steps + 1),
+        end_value=base_lr * end_lr_ratio)
+
+
+def decay_mask(params: Any) -> Any:
+    """Weight decay on matrices only: no decay on biases, norm scales, tokens of rank < 2."""
+    return jax.tree.map(lambda x: getattr(x, "ndim", 0) >= 2, params)
+
+
+def layer_scales(params: Any, num_layers: int, decay: float,
+                 layer_of: Callable[[str], int]) -> Any:
+    """Per-parameter lr multipliers decay ** (num_layers - layer_of(path)) (BEiT-style LLRD)."""
+    return map_paths(lambda path, _: decay ** (num_layers - layer_of(path)), params)
+
+
+def vit_layer_of(num_blocks: int) -> Callable[[str], int]:
+    """Layer id for LLRD on a ViT: embeddings 0, block i -> i + 1, everything after -> L + 1."""
+    block = re.compile(r"(?:^|/)blocks/(\d+)/")
+
+    def layer_of(path: str) -> int:
+        if m := block.search(path):
+            return int(m.group(1)) + 1
+        if re.search(r"patch_embed|cls_token|pos_embed", path):
+            return 0
+        return num_blocks + 1
+
+    return layer_of
+
+
+def make_optimizer(
+    params: Any,
+    *,
+    lr: float,
+    total_steps: int,
+    warmup_steps: int,
+    weight_decay: float = 0.05,
+    b1: float = 0.9,
+    b2: float = 0.95,
+    grad_clip_norm: float | None = None,
+    frozen: Sequence[str] = (),
+    lr_scales: Any = None,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW + schedule; `frozen` regexes match parameter paths that receive no update at all.
+
+    Args:
+      params: the (abstract) parameter tree, used for masks.
+      lr_scales: optional tree of per-parameter lr multipliers (e.g. from `layer_scales`).
+    Returns:
+      (transformation, schedule); the schedule gives the lr logged per step.
+    """
+    schedule = lr_schedule(lr, total_steps, warmup_steps)
+    parts = []
+    if grad_clip_norm:
+        parts.append(optax.clip_by_global_norm(grad_clip_norm))
+    parts.append(optax.scale_by_adam(b1=b1, b2=b2))
+    parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask(params)))
+    if lr_scales is not None:
+        parts.append(_scale_by_tree(lr_scales))
+    parts.append(optax.scale_by_learning_rate(schedule))
+    tx = optax.chain(*parts)
+    if frozen:
+        patterns = [re.compile(p) for p in frozen]
+        labels = map_paths(
+            lambda path, _: "frozen" if any(p.search(path) for p in patterns) else "train", params)
+        if "frozen" not in jax.tree.leaves(labels):
+            raise ValueError(f"frozen patterns {list(frozen)} match no parameter")
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return tx, schedule
+
+
+def _scale_by_tree(scales: Any) -> optax.GradientTransformation:
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, s: u * s, updates, scales), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)

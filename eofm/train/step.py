@@ -1,0 +1,74 @@
+"""Train state and the jitted train step (gradient accumulation, explicit shardings)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+# (model, batch, rng) -> (scalar loss, dict of scalar metrics)
+LossFn = Callable[[nnx.Module, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict]]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training; the model graph itself is static."""
+
+    step: jax.Array        # int32 scalar: optimizer updates done
+    params: nnx.State      # trainable parameters (nnx.Param)
+    opt_state: Any         # optax state
+
+
+def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, loss_fn: LossFn, accum_steps: int = 1):
+    """Returns step(state, batch, rng) -> (state, metrics).
+
+    `rest` holds the model's non-trainable variables (constant tables). With `accum_steps` > 1 the
+    batch is split into that many microbatches along its leading axis and their gradients averaged,
+    which equals one step on the whole batch for losses that are means over examples.
+    Metrics: loss, lr, grad_norm, param_norm, the loss function's own metrics, and `grads_finite`,
+    a per-parameter flag used to name the culprits when the loss stops being finite.
+    """
+
+    def loss_and_metrics(params, batch, rng):
+        model = nnx.merge(graphdef, params, rest)
+        loss, metrics = loss_fn(model, batch, rng)
+        return loss, metrics
+
+    grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
+
+    def step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+        if accum_steps == 1:
+            (loss, metrics), grads = grad_fn(state.params, batch, rng)
+        else:
+            micro = jax.tree.map(
+                lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:]), batch)
+
+            def body(carry, inputs):
+                i, mb = inputs
+                (loss, metrics), grads = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+                grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng))
+            zeros = (zeros[0][0], zeros[0][1], zeros[1])
+            total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
+            loss, metrics, grads = jax.tree.map(lambda x: x / accum_steps, total)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "lr": schedule(state.step),
+            "grad_norm": optax.global_norm(grads),
+            "param_norm": optax.global_norm(params),
+            "grads_finite": jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads),
+        }
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return step
