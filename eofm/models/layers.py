@@ -96,7 +96,7 @@ class Mlp(nnx.Module):
         param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.fc1 = linear(dim, hidden_dim, ("embed", "mlp"), **kw)
         self.fc2 = linear(hidden_dim, dim, ("mlp", "embed"), **kw)
 
@@ -164,7 +164,7 @@ class Block(nnx.Module):
         param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.norm1 = layer_norm(dim, eps=ln_eps, **kw)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, **kw)
         self.norm2 = layer_norm(dim, eps=ln_eps, **kw)

@@ -80,7 +80,7 @@ class MAE(nnx.Module):
     def __init__(self, cfg: MAEConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         enc = cfg.encoder
-        kw = dict(dtype=enc.dtype, param_dtype=enc.param_dtype, rngs=rngs)
+        kw = {"dtype": enc.dtype, "param_dtype": enc.param_dtype, "rngs": rngs}
         self.encoder = ViTEncoder(enc, rngs=rngs)
         # "embed" may name only one side of the D -> Dd projection.
         self.decoder_embed = layers.linear(enc.embed_dim, cfg.decoder_dim, (None, "embed"), **kw)
@@ -176,15 +176,15 @@ class MAE(nnx.Module):
           reconstruction: f32[B, H, W, C], the prediction for every patch, in input units.
           mask: f32[B, H, W], 1 on pixels of masked patches.
         """
-        b, h, w, _ = images.shape
+        _, h, w, _ = images.shape
         p = self.cfg.encoder.patch_size
         grid_hw = (h // p, w // p)
         pred, mask = self._predict(images, rng)
         if self.cfg.norm_pix_loss:
             mean, std = norm_pix_stats(layers.patchify(images.astype(jnp.float32), p))
             pred = pred * std + mean
-        pixel_mask = jnp.broadcast_to(mask[..., None], (*mask.shape, p * p))
-        return layers.unpatchify(pred, p, grid_hw), layers.unpatchify(pixel_mask, p, grid_hw)[..., 0]
+        pixel_mask = layers.unpatchify(jnp.repeat(mask[..., None], p * p, axis=-1), p, grid_hw)
+        return layers.unpatchify(pred, p, grid_hw), pixel_mask[..., 0]
 
 
 def mae_flops_per_example(cfg: MAEConfig, image_hw: tuple[int, int]) -> float:

@@ -50,11 +50,11 @@ class ViTConfig:
 
 
 VIT_VARIANTS: dict[str, dict[str, int]] = {
-    "tiny": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
-    "small": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
-    "base": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
-    "large": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
-    "huge": dict(patch_size=16, embed_dim=1280, depth=32, num_heads=16),
+    "tiny": {"patch_size": 16, "embed_dim": 192, "depth": 12, "num_heads": 3},
+    "small": {"patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6},
+    "base": {"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12},
+    "large": {"patch_size": 16, "embed_dim": 1024, "depth": 24, "num_heads": 16},
+    "huge": {"patch_size": 16, "embed_dim": 1280, "depth": 32, "num_heads": 16},
 }
 
 
@@ -70,12 +70,10 @@ class ViTEncoder(nnx.Module):
 
     def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+        kw = {"dtype": cfg.dtype, "param_dtype": cfg.param_dtype, "rngs": rngs}
         self.patch_embed = layers.PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim, **kw)
         cls_init = layers.logical(nnx.initializers.normal(0.02), (None, None, "embed"))
-        self.cls_token = nnx.Param(
-            cls_init(rngs.params(), (1, 1, cfg.embed_dim), cfg.param_dtype)
-        )
+        self.cls_token = nnx.Param(cls_init(rngs.params(), (1, 1, cfg.embed_dim), cfg.param_dtype))
         self.blocks = nnx.List(
             [
                 layers.Block(
