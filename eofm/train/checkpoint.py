@@ -13,6 +13,7 @@ devices restores on 2 or on another mesh layout.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -46,7 +47,7 @@ class Checkpointer:
         """Starts an asynchronous save; returns whether one was started."""
         return self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(iterator),
+            data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator)),
             meta=ocp.args.JsonSave(meta)), force=force)
 
     def wait(self) -> None:
@@ -92,6 +93,17 @@ class Checkpointer:
                 shutil.rmtree(target)
             shutil.move(self.directory / str(step), target)
         self._manager.reload()
+
+
+class _IteratorSnapshot:
+    """A grain iterator's state taken now: orbax writes it later, from a background thread, when
+    the live iterator has already moved on."""
+
+    def __init__(self, iterator: grain.DatasetIterator):
+        self._state = json.dumps(iterator.get_state(), indent=4).encode()
+
+    def get_state(self) -> bytes:
+        return self._state
 
 
 def check_same_model(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:

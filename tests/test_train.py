@@ -1,0 +1,184 @@
+"""End-to-end pretraining runs: exact resume after SIGKILL and SIGTERM, corrupt checkpoints,
+errors for bad configs, foreign checkpoints and unwritable workdirs, and NaN detection."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import pytest
+from flax import nnx
+
+from eofm.data import arrayrecord, datasets, pipeline
+from eofm.train import checkpoint, loop
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--config=configs/pretrain/mae.py:tiny",
+    "--config.model.embed_dim=64", "--config.model.depth=2", "--config.model.num_heads=2",
+    "--config.model.decoder_dim=32", "--config.model.decoder_depth=1",
+    "--config.model.decoder_heads=2", "--config.data.image_size=32", "--config.batch_size=8",
+    "--config.total_steps=10", "--config.warmup_steps=2", "--config.log_every=1",
+    "--config.checkpoint.every_steps=3", "--config.peak_flops=1e11",
+]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("data")
+    arrayrecord.prepare(datasets.BigEarthNetSource(), directory, name="bigearthnet_s1s2")
+    return directory
+
+
+def _cmd(workdir, prepared, *extra):
+    return [sys.executable, str(ROOT / "pretrain" / "main.py"), *TINY,
+            f"--config.data.prepared_dir={prepared}", f"--workdir={workdir}", *extra]
+
+
+def _env():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
+def _run(workdir, prepared, *extra, check=True):
+    result = subprocess.run(_cmd(workdir, prepared, *extra), cwd=ROOT, env=_env(),
+                            capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _losses(workdir):
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+def _interrupt(workdir, prepared, sig, after_step):
+    """Starts a run and sends `sig` once it has logged `after_step`; returns its exit code."""
+    proc = subprocess.Popen(_cmd(workdir, prepared), cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = Path(workdir) / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= after_step:
+            proc.send_signal(sig)
+            break
+        time.sleep(0.05)
+    _, stderr = proc.communicate(timeout=240)
+    return proc.returncode, stderr
+
+
+@pytest.fixture(scope="module")
+def reference(prepared, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reference")
+    result = _run(workdir, prepared)
+    assert "step 10/10 | loss" in result.stdout and "img/s | MFU" in result.stdout
+    return _losses(workdir)
+
+
+def test_uninterrupted_run_logs_every_step(reference):
+    assert sorted(reference) == list(range(1, 11))
+    assert reference[10] < reference[1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_interrupted_run_resumes_exactly(sig, prepared, reference, tmp_path):
+    code, stderr = _interrupt(tmp_path, prepared, sig, after_step=5)
+    if sig == signal.SIGTERM:
+        assert code == 0, stderr[-2000:]  # saved and exited cleanly
+        assert "stopped after step" in stderr
+    else:
+        assert code == -signal.SIGKILL
+    assert len(_losses(tmp_path)) < 10
+    _run(tmp_path, prepared)
+    assert _losses(tmp_path) == reference  # bit-identical per-step losses
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(prepared, reference, tmp_path):
+    _run(tmp_path, prepared, "--config.total_steps=7")
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [3, 6, 7]
+    for f in (ckpts / "7" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 1000:
+            f.write_bytes(f.read_bytes()[:100])
+    result = _run(tmp_path, prepared)
+    assert "is unreadable" in result.stderr
+    assert (tmp_path / "checkpoints_unreadable" / "7").is_dir()  # set aside, not deleted
+    assert _losses(tmp_path) == reference
+
+
+def test_unknown_config_key(prepared, tmp_path):
+    result = _run(tmp_path, prepared, "--config.modle.depth=3", check=False)
+    assert result.returncode != 0 and "modle" in result.stderr
+
+
+def test_checkpoint_of_another_model(prepared, tmp_path):
+    _run(tmp_path, prepared, "--config.total_steps=3")
+    result = _run(tmp_path, prepared, "--config.model.depth=3", check=False)
+    assert result.returncode != 0
+    assert "CheckpointMismatchError" in result.stderr and "other parameters" in result.stderr
+    other = _run(tmp_path, prepared, "--config.variant=base", check=False)
+    assert "is of variant 'tiny', this run is 'base'" in other.stderr
+
+
+def test_workdir_not_writable(prepared, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = _run(blocker / "run", prepared, check=False)
+    assert result.returncode != 0 and f"workdir {blocker / 'run'} is not writable" in result.stderr
+
+
+class _Tiny(nnx.Module):
+    def __init__(self, rngs):
+        self.w = nnx.Param(jax.random.normal(rngs.params(), (4, 2)))
+
+    def __call__(self, x):
+        return x @ self.w[...]
+
+
+def test_nan_loss_stops_with_step_and_tensors(tmp_path, prepared):
+    source = arrayrecord.ArrayRecordSource(prepared)
+
+    def loss_fn(model, batch, rng):
+        del rng
+        y = model(batch["x"])
+        return jnp.log(jnp.mean(y) * 0.0 - 1.0), {}  # log of a negative number: NaN
+
+    class ToXMap(grain.transforms.Map):
+        def map(self, sample):
+            return {"x": sample["s1"][0, 0, :1].repeat(4)}
+
+    task = loop.Task(
+        name="tiny", variant="nan", make_model=_Tiny, loss_fn=loss_fn,
+        make_dataset=lambda i, n: pipeline.make_dataset(
+            source, batch_size=4, seed=0, transforms=[ToXMap()], process_index=i,
+            process_count=n),
+        input_keys=("x",))
+    config = _config()
+    with pytest.raises(loop.NonFiniteLossError, match=r"loss is nan at step 1; non-finite"
+                                                      r" gradients in \['w"):
+        loop.train(config, tmp_path, task)
+
+
+def _config():
+    return ml_collections.ConfigDict(dict(
+        seed=0, batch_size=4, total_steps=3, warmup_steps=0, lr=1e-3, weight_decay=0.0,
+        b1=0.9, b2=0.95, grad_clip_norm=0.0, peak_flops=1e9, log_every=1,
+        mesh=dict(preset="dp"), data=dict(num_workers=0),
+        checkpoint=dict(every_steps=10, keep=1, keep_period=0)))
+
+
+def test_check_same_model_names_the_difference(tmp_path):
+    a = {"model": "mae", "variant": "tiny", "param_shapes": {"w": [2, 2]}}
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="model 'croma'"):
+        checkpoint.check_same_model({**a, "model": "croma"}, a, tmp_path)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"shapes differ for \['w'\]"):
+        checkpoint.check_same_model({**a, "param_shapes": {"w": [3, 2]}}, a, tmp_path)
