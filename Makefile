@@ -15,8 +15,15 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q tests
 
+DEMO_CONFIG := configs/pretrain/mae.py:tiny
+
+# The data layer on the embedded BigEarthNet sample, then a short MAE pretraining run on it with a
+# checkpoint and a PNG of input / masked / reconstruction (a few minutes on 2 CPU cores).
 demo: $(STAMP)
-	$(PY) scripts/demo_data.py --workdir=workdirs/demo
+	$(PY) scripts/demo_data.py --workdir=workdirs/demo/data_layer
+	$(PY) pretrain/main.py --config=$(DEMO_CONFIG) --workdir=workdirs/demo/mae_tiny \
+	    --config.total_steps=300
+	$(PY) scripts/plot_reconstruction.py --config=$(DEMO_CONFIG) --workdir=workdirs/demo/mae_tiny
 
 bench: $(STAMP)
 	$(PY) scripts/bench_data.py

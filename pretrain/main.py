@@ -10,6 +10,7 @@ pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I to every p
 
 import logging
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -31,7 +32,10 @@ def main(argv):
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
     task = pretrain.build_task(config, _WORKDIR.value)
-    loop.train(config, _WORKDIR.value, task)
+    last = loop.train(config, _WORKDIR.value, task)
+    if last:
+        print(f"process {jax.process_index()}/{jax.process_count()}: finished at loss"
+              f" {last['loss']:.6f}", flush=True)
 
 
 if __name__ == "__main__":

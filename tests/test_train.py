@@ -182,3 +182,35 @@ def test_check_same_model_names_the_difference(tmp_path):
         checkpoint.check_same_model({**a, "model": "croma"}, a, tmp_path)
     with pytest.raises(checkpoint.CheckpointMismatchError, match=r"shapes differ for \['w'\]"):
         checkpoint.check_same_model({**a, "param_shapes": {"w": [3, 2]}}, a, tmp_path)
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_together(prepared, tmp_path):
+    """Two JAX processes on 127.0.0.1 (gloo CPU collectives) run the same data-parallel steps."""
+    port = _free_port()
+    procs = [subprocess.Popen(
+        _cmd(tmp_path, prepared, "--config.total_steps=4", "--config.checkpoint.every_steps=2",
+             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"),
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+    outs = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0, err[-3000:]
+            outs.append(out)
+    finally:
+        for proc in procs:
+            proc.kill()
+    finals = [line.split("loss ")[-1] for out in outs for line in out.splitlines()
+              if "finished at loss" in line]
+    assert len(finals) == 2 and finals[0] == finals[1], outs
+    assert "process 0/2" in outs[0] and "process 1/2" in outs[1]
+    assert sorted(_losses(tmp_path)) == [1, 2, 3, 4]  # process 0 logs every step
+    assert (tmp_path / "checkpoints" / "4").is_dir()

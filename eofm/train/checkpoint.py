@@ -57,10 +57,11 @@ class Checkpointer:
         self._manager.wait_until_finished()
         self._manager.close()
 
-    def restore_latest(self, abstract_state: Any, iterator: grain.DatasetIterator,
+    def restore_latest(self, abstract_state: Any, iterator: grain.DatasetIterator | None,
                        meta: dict[str, Any]) -> tuple[int, Any] | None:
         """Restores the newest readable checkpoint into `iterator` and returns (step, state).
 
+        With `iterator` None only the train state is restored (evaluation, visualisation).
         Returns None when there is no checkpoint. `meta` is this run's metadata: its "model",
         "variant" and "param_shapes" must match the checkpoint's.
         """
@@ -72,10 +73,11 @@ class Checkpointer:
                 self._set_aside(step, e)
                 continue
             check_same_model(saved_meta, meta, self.directory / str(step))
+            items = {"state": ocp.args.StandardRestore(abstract_state)}
+            if iterator is not None:
+                items["data"] = grain.checkpoint.CheckpointRestore(iterator)
             try:
-                restored = self._manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state),
-                    data=grain.checkpoint.CheckpointRestore(iterator)))
+                restored = self._manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as e:  # noqa: BLE001
                 self._set_aside(step, e)
                 continue

@@ -95,16 +95,28 @@ def _named_nonfinite(tree: Any) -> list[str]:
     return [optim.param_path(p) for p, ok in flags if not bool(ok)]
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) -> dict[str, Any]:
-    """Runs (or resumes) training to `config.total_steps`; returns the last logged metrics."""
-    workdir = Path(workdir)
-    check_workdir(workdir)
-    mesh = parallel.make_mesh(config.mesh.preset, **{
-        a: config.mesh[a] for a in parallel.MESH_AXES if config.mesh.get(a) is not None})
-    logging.info("mesh %s on %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
-                 jax.process_count())
+@dataclasses.dataclass
+class Setup:
+    """The static pieces of a run: model graph, optimizer, abstract sharded state, metadata."""
 
-    # Abstract model and optimizer state, and their shardings, without allocating anything.
+    mesh: jax.sharding.Mesh
+    graphdef: nnx.GraphDef
+    tx: Any
+    schedule: Any
+    init: Callable[[], tuple[step_lib.TrainState, nnx.State]]  # -> (state, non-param variables)
+    abstract_state: step_lib.TrainState  # ShapeDtypeStructs carrying their target shardings
+    state_shardings: Any
+    rest_shardings: Any
+    meta: dict[str, Any]
+
+
+def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    return parallel.make_mesh(config.mesh.preset, **{
+        a: config.mesh[a] for a in parallel.MESH_AXES if config.mesh.get(a) is not None})
+
+
+def setup(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh) -> Setup:
+    """Abstract model and optimizer state with their shardings, without allocating anything."""
     with nnx.use_eager_sharding(False):
         abstract_model = nnx.eval_shape(lambda: task.make_model(nnx.Rngs(config.seed)))
     graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
@@ -121,7 +133,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
 
     abstract_state, abstract_rest = jax.eval_shape(init)
     state_shardings = parallel.shardings_for(abstract_state, mesh)
-    rest_shardings = parallel.shardings_for(abstract_rest, mesh)
     abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
         state_shardings)
@@ -129,6 +140,37 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
                     for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
     meta = {"model": task.name, "variant": task.variant, "param_shapes": param_shapes,
             "config": config.to_dict()}
+    return Setup(mesh, graphdef, tx, schedule, init, abstract_state, state_shardings,
+                 parallel.shardings_for(abstract_rest, mesh), meta)
+
+
+def restore_model(config: ml_collections.ConfigDict, workdir: str | Path,
+                  task: Task) -> tuple[int, nnx.Module]:
+    """The model of the newest readable checkpoint in `workdir` -> (step, model)."""
+    run = setup(config, task, make_mesh(config))
+    ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints")
+    try:
+        restored = ckpt.restore_latest(run.abstract_state, None, run.meta)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
+    step, state = restored
+    rest = jax.jit(lambda: run.init()[1], out_shardings=run.rest_shardings)()
+    return step, nnx.merge(run.graphdef, state.params, rest)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) -> dict[str, Any]:
+    """Runs (or resumes) training to `config.total_steps`; returns the last logged metrics."""
+    workdir = Path(workdir)
+    check_workdir(workdir)
+    mesh = make_mesh(config)
+    logging.info("mesh %s on %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
+                 jax.process_count())
+    run = setup(config, task, mesh)
+    graphdef, tx, schedule, init = run.graphdef, run.tx, run.schedule, run.init
+    state_shardings, rest_shardings = run.state_shardings, run.rest_shardings
+    abstract_state, meta = run.abstract_state, run.meta
 
     # Data: this process's slice, batches of global_batch / process_count.
     if config.batch_size % jax.process_count():

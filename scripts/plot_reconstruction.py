@@ -1,0 +1,87 @@
+r"""PNG of input / masked input / reconstruction for a few samples, from a run's newest checkpoint.
+
+  python scripts/plot_reconstruction.py --config=configs/pretrain/mae.py:tiny \
+      --workdir=workdirs/demo [--out=workdirs/demo/reconstruction.png --num=4]
+
+Pass the same --config (and overrides) as the run. Shows Sentinel-2 true colour (B04/B03/B02) of the
+normalised input, the patches the encoder saw, and the model's prediction with the visible patches
+pasted back, plus Sentinel-1 VV when the run used S1.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import jax
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from eofm.data import pipeline  # noqa: E402
+from eofm.train import loop, pretrain  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the run.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+_OUT = flags.DEFINE_string("out", None, "PNG path (default WORKDIR/reconstruction.png).")
+_NUM = flags.DEFINE_integer("num", 4, "Samples to show.")
+
+
+def _channels(source, sensors, wanted):
+    """Indices of `wanted` (sensor, band) pairs in the stacked input, or None if absent."""
+    offset, out = 0, {}
+    for key in sensors:
+        for i, band in enumerate(source.specs[key].bands):
+            out[(key, band)] = offset + i
+        offset += len(source.specs[key].bands)
+    idx = [out.get(w) for w in wanted]
+    return None if None in idx else idx
+
+
+def main(argv):
+    del argv
+    logging.getLogger().setLevel(logging.INFO)
+    config = _CONFIG.value
+    task = pretrain.build_task(config, _WORKDIR.value)
+    step, model = loop.restore_model(config, _WORKDIR.value, task)
+    batch = next(pipeline.make_iterator(task.make_dataset(0, 1)))
+    images = np.asarray(batch[pretrain.INPUT_KEY][: _NUM.value])
+    recon, mask = model.reconstruct(images, jax.random.key(config.seed))
+    recon, mask = np.asarray(recon), np.asarray(mask)[..., None]
+    pasted = np.where(mask > 0, recon, images)
+
+    source = pretrain.prepared_source(config, Path(_WORKDIR.value))
+    sensors = tuple(config.data.sensors)
+    rgb = _channels(source, sensors, [("s2", "B04"), ("s2", "B03"), ("s2", "B02")])
+    vv = _channels(source, sensors, [("s1", "VV")])
+    if rgb is None:
+        rgb = [0, 0, 0]
+    visible = np.where(mask > 0, np.nan, images)  # masked patches show as blank
+    columns = [("input", images, rgb), ("visible to the encoder", visible, rgb),
+               ("reconstruction", pasted, rgb)]
+    if vv is not None:
+        columns += [("S1 VV input", images, vv), ("S1 VV reconstruction", pasted, vv)]
+    fig, axes = plt.subplots(len(images), len(columns), squeeze=False,
+                             figsize=(2.2 * len(columns), 2.2 * len(images)))
+    for i in range(len(images)):
+        for ax, (title, x, idx) in zip(axes[i], columns):
+            lo, hi = np.percentile(images[i][..., idx], (2, 98))  # one stretch per row
+            shown = np.clip((x[i][..., idx] - lo) / (hi - lo + 1e-6), 0, 1)
+            ax.imshow(shown[..., 0] if len(idx) == 1 else shown,
+                      cmap="gray" if len(idx) == 1 else None)
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    fig.suptitle(f"{config.model_name}:{config.variant} at step {step}", fontsize=9)
+    fig.tight_layout()
+    out = _OUT.value or str(Path(_WORKDIR.value) / "reconstruction.png")
+    fig.savefig(out, dpi=90)
+    print(f"wrote {out} (step {step})")
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)
