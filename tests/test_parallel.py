@@ -139,3 +139,32 @@ def _fixed_mask_loss(model, batch, rng):
     del rng
     cls = model.encoder(batch["image"])[:, 0]
     return jnp.mean(jnp.sum((cls - 0.1) ** 2, axis=-1)), {}
+
+
+def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
+    """Saved sharded over 8 devices (fsdp), restored onto 2 devices (fsdp_tp 1 x 2): same values,
+    new shardings."""
+    from eofm.train import checkpoint
+
+    saved_state = _setup(parallel.make_mesh("fsdp"))[0]
+    ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
+    meta = {"model": "mae", "variant": "test", "param_shapes": {}}
+
+    class _NoIterator:
+        def get_state(self):
+            return {}
+
+    ckpt.save(1, saved_state, _NoIterator(), meta)
+    ckpt.close()
+
+    small = parallel.make_mesh("fsdp_tp", devices=jax.devices()[:2])
+    assert dict(small.shape) == {"data": 1, "fsdp": 1, "tensor": 2}
+    target = _setup(small)[0]
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            target)
+    step, restored = checkpoint.Checkpointer(tmp_path / "checkpoints").restore_latest(
+        abstract, None, meta)
+    assert step == 1
+    for new, old in zip(jax.tree.leaves(restored), jax.tree.leaves(saved_state)):
+        assert new.sharding.mesh.devices.size == 2
+        np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
