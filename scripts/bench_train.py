@@ -281,6 +281,7 @@ def main(argv):
     print(
         f"measured peak: {peak / 1e9:.1f} GFLOP/s (2048^3 float32 matmul, jax {jax.__version__},"
         f" {jax.devices()[0].device_kind}, cpus={os.cpu_count()})  warm-up steps={_WARMUP.value}"
+        f"  load average before the run: {os.getloadavg()[0]:.1f}"
     )
     _mae_table(peak)
     _encoder_table(peak)

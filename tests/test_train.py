@@ -89,7 +89,7 @@ def test_uninterrupted_run_logs_every_step(reference):
     assert reference[10] < reference[1]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_interrupted_run_resumes_exactly(sig, prepared, reference, tmp_path):
     code, stderr = _interrupt(tmp_path, prepared, sig, after_step=5)
     if sig == signal.SIGTERM:

@@ -38,9 +38,14 @@ def lr_schedule(base_lr: float, total_steps: int, warmup_steps: int,
         end_value=base_lr * end_lr_ratio)
 
 
+_NO_DECAY = re.compile(r"(^|/)(bias|scale|[a-z_]*token|pos_embed)(/|$)")
+
+
 def decay_mask(params: Any) -> Any:
-    """Weight decay on matrices only: no decay on biases, norm scales, tokens of rank < 2."""
-    return jax.tree.map(lambda x: getattr(x, "ndim", 0) >= 2, params)
+    """Weight decay on weight matrices only: not on biases (a fused qkv bias is 2-D), norm scales,
+    learned tokens or position embeddings, nor on any 1-D parameter."""
+    return map_paths(lambda path, x: getattr(x, "ndim", 0) >= 2 and not _NO_DECAY.search(path),
+                     params)
 
 
 def layer_scales(params: Any, num_layers: int, decay: float,

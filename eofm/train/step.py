@@ -65,8 +65,8 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
             **metrics,
             "loss": loss,
             "lr": schedule(state.step),
-            "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(params),
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
             "grads_finite": jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads),
         }
         return TrainState(state.step + 1, params, opt_state), metrics
