@@ -278,7 +278,7 @@ def test_partition_specs_use_logical_names():
         named = [name for name in spec if name is not None]
         assert set(named) <= set(layers.LOGICAL_AXES), (path, spec)
         assert len(set(named)) == len(named), (path, spec)
-    assert tuple(specs[("mask_token",)].get_value()) == (None, None, "embed")
+    assert tuple(specs[("decoder", "mask_token")].get_value()) == (None, None, "embed")
     assert tuple(specs[("encoder", "cls_token")].get_value()) == (None, None, "embed")
 
 

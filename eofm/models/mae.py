@@ -74,21 +74,20 @@ def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array
     return jnp.sum(per_patch * mask) / jnp.sum(mask)
 
 
-class MAE(nnx.Module):
-    """ViT encoder on the kept patches; a light ViT decoder predicts every patch's pixels."""
+class MAEDecoder(nnx.Module):
+    """MAE's light decoder: Linear D -> Dd, learned mask tokens for removed patches, fixed sin-cos
+    positions, pre-LN blocks, final LN. Families put their own prediction heads on top."""
 
     def __init__(self, cfg: MAEConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
         enc = cfg.encoder
-        kw = {"dtype": enc.dtype, "param_dtype": enc.param_dtype, "rngs": rngs}
-        self.encoder = ViTEncoder(enc, rngs=rngs)
+        kw = dict(dtype=enc.dtype, param_dtype=enc.param_dtype, rngs=rngs)
         # "embed" may name only one side of the D -> Dd projection.
-        self.decoder_embed = layers.linear(enc.embed_dim, cfg.decoder_dim, (None, "embed"), **kw)
+        self.embed = layers.linear(enc.embed_dim, cfg.decoder_dim, (None, "embed"), **kw)
         token_init = layers.logical(nnx.initializers.normal(0.02), (None, None, "embed"))
         self.mask_token = nnx.Param(
             token_init(rngs.params(), (1, 1, cfg.decoder_dim), enc.param_dtype)
         )
-        self.decoder_blocks = nnx.List(
+        self.blocks = nnx.List(
             [
                 layers.Block(
                     cfg.decoder_dim,
@@ -101,23 +100,21 @@ class MAE(nnx.Module):
                 for _ in range(cfg.decoder_depth)
             ]
         )
-        self.decoder_norm = layers.layer_norm(cfg.decoder_dim, eps=enc.ln_eps, **kw)
-        patch_dim = enc.patch_size**2 * enc.in_chans
-        self.decoder_pred = layers.linear(cfg.decoder_dim, patch_dim, ("embed", "patch"), **kw)
+        self.norm = layers.layer_norm(cfg.decoder_dim, eps=enc.ln_eps, **kw)
 
-    def decode(
+    def __call__(
         self, latent: jax.Array, ids_restore: jax.Array, grid_hw: tuple[int, int]
     ) -> jax.Array:
-        """Predicts all patches from the encoder output.
+        """Decoder features of every patch.
 
         Args:
           latent: [B, 1 + K, D] encoder tokens, CLS first, kept patches in shuffled order.
           ids_restore: int32 [B, L] from `random_masking`.
           grid_hw: (H/p, W/p).
         Returns:
-          float32 [B, L, P] predictions in (normalised, if norm_pix_loss) pixel units.
+          [B, L, Dd] in the compute dtype, patches in image order (CLS dropped).
         """
-        x = self.decoder_embed(latent)
+        x = self.embed(latent)
         b, n, dd = x.shape
         num_patches = ids_restore.shape[1]
         fill = jnp.broadcast_to(self.mask_token[...].astype(x.dtype), (b, num_patches + 1 - n, dd))
@@ -125,10 +122,32 @@ class MAE(nnx.Module):
         patches = jnp.take_along_axis(patches, ids_restore[..., None], axis=1)
         patches = patches + jnp.asarray(layers.posemb_sincos_2d(*grid_hw, dd), x.dtype)
         x = jnp.concatenate([x[:, :1], patches], axis=1)
-        for block in self.decoder_blocks:
+        for block in self.blocks:
             x = block(x)
-        x = self.decoder_norm(x)
-        return self.decoder_pred(x[:, 1:]).astype(jnp.float32)
+        return self.norm(x)[:, 1:]
+
+
+class MAE(nnx.Module):
+    """ViT encoder on the kept patches; a light ViT decoder predicts every patch's pixels."""
+
+    def __init__(self, cfg: MAEConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        enc = cfg.encoder
+        kw = dict(dtype=enc.dtype, param_dtype=enc.param_dtype, rngs=rngs)
+        self.encoder = ViTEncoder(enc, rngs=rngs)
+        self.decoder = MAEDecoder(cfg, rngs=rngs)
+        patch_dim = enc.patch_size**2 * enc.in_chans
+        self.decoder_pred = layers.linear(cfg.decoder_dim, patch_dim, ("embed", "patch"), **kw)
+
+    def decode(
+        self, latent: jax.Array, ids_restore: jax.Array, grid_hw: tuple[int, int]
+    ) -> jax.Array:
+        """Predicts all patches from the encoder output (see `MAEDecoder`).
+
+        Returns:
+          float32 [B, L, P] predictions in (normalised, if norm_pix_loss) pixel units.
+        """
+        return self.decoder_pred(self.decoder(latent, ids_restore, grid_hw)).astype(jnp.float32)
 
     def _predict(self, images: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Masks, encodes and decodes.  -> (pred f32[B, L, P], mask f32[B, L])."""
