@@ -68,10 +68,14 @@ def vit_config(variant: str, **overrides: Any) -> ViTConfig:
 class ViTEncoder(nnx.Module):
     """Patch embedding + fixed sin-cos positions, a learnable CLS token, pre-LN blocks, final LN."""
 
-    def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs, patch_embed: nnx.Module | None = None):
+        """`patch_embed` replaces the plain `layers.PatchEmbed` (e.g. a spectrum-aware tokenizer);
+        it maps images [B, H, W, C] (plus its own keyword arguments) to [B, L, D]."""
         self.cfg = cfg
         kw = {"dtype": cfg.dtype, "param_dtype": cfg.param_dtype, "rngs": rngs}
-        self.patch_embed = layers.PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim, **kw)
+        if patch_embed is None:
+            patch_embed = layers.PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim, **kw)
+        self.patch_embed = patch_embed
         cls_init = layers.logical(nnx.initializers.normal(0.02), (None, None, "embed"))
         self.cls_token = nnx.Param(cls_init(rngs.params(), (1, 1, cfg.embed_dim), cfg.param_dtype))
         self.blocks = nnx.List(
@@ -89,10 +93,10 @@ class ViTEncoder(nnx.Module):
         )
         self.norm = layers.layer_norm(cfg.embed_dim, eps=cfg.ln_eps, **kw)
 
-    def embed_patches(self, images: jax.Array) -> jax.Array:
+    def embed_patches(self, images: jax.Array, **tokenizer_kwargs) -> jax.Array:
         """Patch tokens with positions added.  images f32[B, H, W, C] -> [B, L, D] in `dtype`."""
         p = self.cfg.patch_size
-        x = self.patch_embed(images)
+        x = self.patch_embed(images, **tokenizer_kwargs)
         pos = layers.posemb_sincos_2d(images.shape[1] // p, images.shape[2] // p, x.shape[-1])
         return x + jnp.asarray(pos, x.dtype)
 
