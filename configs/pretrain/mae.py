@@ -32,21 +32,33 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model_name = "mae"
     c.variant = arg
-    c.model = ml_collections.ConfigDict(dict(
-        patch_size=16, embed_dim=dim, depth=depth, num_heads=heads, decoder_dim=dec_dim,
-        decoder_depth=dec_depth, decoder_heads=dec_heads, mask_ratio=0.75, norm_pix_loss=True,
-        dtype="float32"))
+    c.model = ml_collections.ConfigDict(
+        dict(
+            patch_size=16,
+            embed_dim=dim,
+            depth=depth,
+            num_heads=heads,
+            decoder_dim=dec_dim,
+            decoder_depth=dec_depth,
+            decoder_heads=dec_heads,
+            mask_ratio=0.75,
+            norm_pix_loss=True,
+            dtype="float32",
+        )
+    )
 
-    c.data = ml_collections.ConfigDict(dict(
-        source="bigearthnet_s1s2",       # eofm.data.datasets.make_source name
-        source_args={},                  # keyword arguments of the source
-        sensors=("s2", "s1"),            # sensors stacked (channels) into the model input
-        normalization="zscore",          # eofm.data.normalize method, statistics from prepare
-        prepared_dir="",                 # ArrayRecord cache; "" = WORKDIR/data
-        image_size=size,
-        crop_scale=(0.5, 1.0),
-        num_workers=0,
-    ))
+    c.data = ml_collections.ConfigDict(
+        dict(
+            source="bigearthnet_s1s2",  # eofm.data.datasets.make_source name
+            source_args={},  # keyword arguments of the source
+            sensors=("s2", "s1"),  # sensors stacked (channels) into the model input
+            normalization="zscore",  # eofm.data.normalize method, statistics from prepare
+            prepared_dir="",  # ArrayRecord cache; "" = WORKDIR/data
+            image_size=size,
+            crop_scale=(0.5, 1.0),
+            num_workers=0,
+        )
+    )
 
     c.seed = 0
     c.batch_size = 32

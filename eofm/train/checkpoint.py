@@ -34,21 +34,33 @@ class Checkpointer:
     def __init__(self, directory: str | Path, *, keep: int = 3, keep_period: int | None = None):
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, keep_period=keep_period, enable_async_checkpointing=True,
-            create=True)
+            max_to_keep=keep, keep_period=keep_period, enable_async_checkpointing=True, create=True
+        )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     @property
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, iterator: grain.DatasetIterator,
-             meta: dict[str, Any], *, force: bool = False) -> bool:
+    def save(
+        self,
+        step: int,
+        state: Any,
+        iterator: grain.DatasetIterator,
+        meta: dict[str, Any],
+        *,
+        force: bool = False,
+    ) -> bool:
         """Starts an asynchronous save; returns whether one was started."""
-        return self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator)),
-            meta=ocp.args.JsonSave(meta)), force=force)
+        return self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator)),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=force,
+        )
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
@@ -57,8 +69,9 @@ class Checkpointer:
         self._manager.wait_until_finished()
         self._manager.close()
 
-    def restore_latest(self, abstract_state: Any, iterator: grain.DatasetIterator | None,
-                       meta: dict[str, Any]) -> tuple[int, Any] | None:
+    def restore_latest(
+        self, abstract_state: Any, iterator: grain.DatasetIterator | None, meta: dict[str, Any]
+    ) -> tuple[int, Any] | None:
         """Restores the newest readable checkpoint into `iterator` and returns (step, state).
 
         With `iterator` None only the train state is restored (evaluation, visualisation).
@@ -68,7 +81,8 @@ class Checkpointer:
         for step in reversed(self.steps):
             try:
                 saved_meta = self._manager.restore(
-                    step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                    step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+                )["meta"]
             except Exception as e:  # noqa: BLE001 - any unreadable file means a bad checkpoint
                 self._set_aside(step, e)
                 continue
@@ -87,8 +101,13 @@ class Checkpointer:
     def _set_aside(self, step: int, error: Exception) -> None:
         """Moves an unreadable checkpoint out of the manager's way; nothing is deleted."""
         target = self.directory.parent / "checkpoints_unreadable" / str(step)
-        logging.warning("checkpoint %s is unreadable (%s: %s); moved to %s, using the previous one",
-                        self.directory / str(step), type(error).__name__, str(error)[:300], target)
+        logging.warning(
+            "checkpoint %s is unreadable (%s: %s); moved to %s, using the previous one",
+            self.directory / str(step),
+            type(error).__name__,
+            str(error)[:300],
+            target,
+        )
         if jax.process_index() == 0:
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():
@@ -114,13 +133,16 @@ def check_same_model(saved: dict[str, Any], current: dict[str, Any], where: Path
         if saved.get(key) != current.get(key):
             raise CheckpointMismatchError(
                 f"checkpoint {where} is of {key} {saved.get(key)!r}, this run is"
-                f" {current.get(key)!r}: use another --workdir or the matching config")
+                f" {current.get(key)!r}: use another --workdir or the matching config"
+            )
     saved_shapes, shapes = saved.get("param_shapes", {}), current.get("param_shapes", {})
     if saved_shapes != shapes:
         missing = sorted(set(shapes) - set(saved_shapes))[:5]
         unexpected = sorted(set(saved_shapes) - set(shapes))[:5]
-        differ = sorted(k for k in set(shapes) & set(saved_shapes)
-                        if saved_shapes[k] != shapes[k])[:5]
+        differ = sorted(k for k in set(shapes) & set(saved_shapes) if saved_shapes[k] != shapes[k])[
+            :5
+        ]
         raise CheckpointMismatchError(
             f"checkpoint {where} has other parameters than this model: missing {missing},"
-            f" unexpected {unexpected}, shapes differ for {differ}")
+            f" unexpected {unexpected}, shapes differ for {differ}"
+        )

@@ -111,8 +111,10 @@ class Setup:
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-    return parallel.make_mesh(config.mesh.preset, **{
-        a: config.mesh[a] for a in parallel.MESH_AXES if config.mesh.get(a) is not None})
+    return parallel.make_mesh(
+        config.mesh.preset,
+        **{a: config.mesh[a] for a in parallel.MESH_AXES if config.mesh.get(a) is not None},
+    )
 
 
 def setup(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh) -> Setup:
@@ -121,9 +123,16 @@ def setup(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh
         abstract_model = nnx.eval_shape(lambda: task.make_model(nnx.Rngs(config.seed)))
     graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
     tx, schedule = optim.make_optimizer(
-        abstract_params, lr=config.lr, total_steps=config.total_steps,
-        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, b1=config.b1,
-        b2=config.b2, grad_clip_norm=config.get("grad_clip_norm"), **task.optimizer_kwargs)
+        abstract_params,
+        lr=config.lr,
+        total_steps=config.total_steps,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        b1=config.b1,
+        b2=config.b2,
+        grad_clip_norm=config.get("grad_clip_norm"),
+        **task.optimizer_kwargs,
+    )
 
     def init():
         with nnx.use_eager_sharding(False):
@@ -134,18 +143,36 @@ def setup(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh
     abstract_state, abstract_rest = jax.eval_shape(init)
     state_shardings = parallel.shardings_for(abstract_state, mesh)
     abstract_state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
-        state_shardings)
-    param_shapes = {optim.param_path(p): list(x.shape)
-                    for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
-    meta = {"model": task.name, "variant": task.variant, "param_shapes": param_shapes,
-            "config": config.to_dict()}
-    return Setup(mesh, graphdef, tx, schedule, init, abstract_state, state_shardings,
-                 parallel.shardings_for(abstract_rest, mesh), meta)
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract_state,
+        state_shardings,
+    )
+    param_shapes = {
+        optim.param_path(p): list(x.shape)
+        for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    }
+    meta = {
+        "model": task.name,
+        "variant": task.variant,
+        "param_shapes": param_shapes,
+        "config": config.to_dict(),
+    }
+    return Setup(
+        mesh,
+        graphdef,
+        tx,
+        schedule,
+        init,
+        abstract_state,
+        state_shardings,
+        parallel.shardings_for(abstract_rest, mesh),
+        meta,
+    )
 
 
-def restore_model(config: ml_collections.ConfigDict, workdir: str | Path,
-                  task: Task) -> tuple[int, nnx.Module]:
+def restore_model(
+    config: ml_collections.ConfigDict, workdir: str | Path, task: Task
+) -> tuple[int, nnx.Module]:
     """The model of the newest readable checkpoint in `workdir` -> (step, model)."""
     run = setup(config, task, make_mesh(config))
     ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints")
@@ -165,8 +192,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
     workdir = Path(workdir)
     check_workdir(workdir)
     mesh = make_mesh(config)
-    logging.info("mesh %s on %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
-                 jax.process_count())
+    logging.info(
+        "mesh %s on %d devices (%d processes)",
+        dict(mesh.shape),
+        jax.device_count(),
+        jax.process_count(),
+    )
     run = setup(config, task, mesh)
     graphdef, tx, schedule, init = run.graphdef, run.tx, run.schedule, run.init
     state_shardings, rest_shardings = run.state_shardings, run.rest_shardings
@@ -174,13 +205,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
 
     # Data: this process's slice, batches of global_batch / process_count.
     if config.batch_size % jax.process_count():
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by"
-                         f" {jax.process_count()} processes")
+        raise ValueError(
+            f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes"
+        )
     dataset = task.make_dataset(jax.process_index(), jax.process_count())
     iterator = pipeline.make_iterator(dataset, num_workers=config.data.get("num_workers", 0))
 
-    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
-                                   keep_period=config.checkpoint.get("keep_period") or None)
+    ckpt = checkpoint.Checkpointer(
+        workdir / "checkpoints",
+        keep=config.checkpoint.keep,
+        keep_period=config.checkpoint.get("keep_period") or None,
+    )
     writer = metrics_lib.MetricsWriter(workdir)
     restored = ckpt.restore_latest(abstract_state, iterator, meta)
     rest = jax.jit(lambda: init()[1], out_shardings=rest_shardings)()
@@ -193,14 +228,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
         logging.info("resumed from %s at step %d", ckpt.directory, start_step)
 
     train_step = jax.jit(
-        step_lib.make_train_step(graphdef, rest, tx, schedule, task.loss_fn,
-                                 config.get("grad_accum_steps", 1)),
+        step_lib.make_train_step(
+            graphdef, rest, tx, schedule, task.loss_fn, config.get("grad_accum_steps", 1)
+        ),
         in_shardings=(state_shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
         out_shardings=(state_shardings, parallel.replicated(mesh)),
         # Donating the state halves its memory on accelerators, where orbax copies arrays to host
         # before `save` returns. On CPU that copy aliases the device buffers, and a donated buffer
         # would be overwritten by the next step while the async save still reads it.
-        donate_argnums=() if jax.default_backend() == "cpu" else 0)
+        donate_argnums=() if jax.default_backend() == "cpu" else 0,
+    )
 
     peak = config.get("peak_flops") or metrics_lib.measure_peak_flops()
     flops_per_step = task.flops_per_example * config.batch_size
@@ -213,8 +250,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
     try:
         for step in range(start_step, config.total_steps):
             host_batch = next(iterator)
-            batch = {k: jax.make_array_from_process_local_data(batch_sharding, host_batch[k])
-                     for k in task.input_keys}
+            batch = {
+                k: jax.make_array_from_process_local_data(batch_sharding, host_batch[k])
+                for k in task.input_keys
+            }
             state, step_metrics = train_step(state, batch, jax.random.fold_in(base_key, step))
             loss = float(step_metrics["loss"])
             if not np.isfinite(loss):
@@ -222,25 +261,33 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
                 raise NonFiniteLossError(
                     f"loss is {loss} at step {step + 1}; non-finite gradients in"
                     f" {bad[:10] or 'no parameter (the loss itself overflowed)'}"
-                    f"{' and more' if len(bad) > 10 else ''}")
+                    f"{' and more' if len(bad) > 10 else ''}"
+                )
             window_steps += 1
             run_steps += 1
             done = step + 1
             if done % config.log_every == 0 or done == config.total_steps:
                 elapsed = time.perf_counter() - window_start
-                scalars = {k: v for k, v in jax.device_get(step_metrics).items()
-                           if k != "grads_finite"}
+                scalars = {
+                    k: v for k, v in jax.device_get(step_metrics).items() if k != "grads_finite"
+                }
                 images_per_sec = window_steps * config.batch_size / elapsed
-                last = {**scalars, "images_per_sec": images_per_sec,
-                        "step_time_s": elapsed / window_steps}
+                last = {
+                    **scalars,
+                    "images_per_sec": images_per_sec,
+                    "step_time_s": elapsed / window_steps,
+                }
                 if flops_per_step:
                     last["mfu"] = flops_per_step * window_steps / elapsed / peak
                 writer.write(done, last)
                 rate = (time.perf_counter() - run_start) / run_steps
                 if jax.process_index() == 0:
-                    print(metrics_lib.progress_line(done, config.total_steps, last,
-                                                    rate * (config.total_steps - done)),
-                          flush=True)
+                    print(
+                        metrics_lib.progress_line(
+                            done, config.total_steps, last, rate * (config.total_steps - done)
+                        ),
+                        flush=True,
+                    )
                 window_start, window_steps = time.perf_counter(), 0
             saved = False
             if done % config.checkpoint.every_steps == 0 or done == config.total_steps:

@@ -53,8 +53,11 @@ class MetricsWriter:
     def truncate_after(self, step: int) -> None:
         if not self._active or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
+        kept = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step
+        ]
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)
@@ -88,7 +91,9 @@ def format_eta(seconds: float) -> str:
 
 def progress_line(step: int, total: int, metrics: dict[str, Any], eta_s: float) -> str:
     mfu = metrics.get("mfu")
-    return (f"step {step}/{total} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e}"
-            f" | {metrics['images_per_sec']:.1f} img/s"
-            + (f" | MFU {100 * mfu:.1f}%" if mfu is not None else "")
-            + f" | ETA {format_eta(eta_s)}")
+    return (
+        f"step {step}/{total} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e}"
+        f" | {metrics['images_per_sec']:.1f} img/s"
+        + (f" | MFU {100 * mfu:.1f}%" if mfu is not None else "")
+        + f" | ETA {format_eta(eta_s)}"
+    )

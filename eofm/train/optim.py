@@ -28,14 +28,19 @@ def map_paths(fn: Callable[[str, Any], Any], tree: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda p, x: fn(param_path(p), x), tree)
 
 
-def lr_schedule(base_lr: float, total_steps: int, warmup_steps: int,
-                end_lr_ratio: float = 0.0) -> optax.Schedule:
+def lr_schedule(
+    base_lr: float, total_steps: int, warmup_steps: int, end_lr_ratio: float = 0.0
+) -> optax.Schedule:
     """Linear warmup from 0 to `base_lr`, then cosine decay to `base_lr * end_lr_ratio`."""
     if not 0 <= warmup_steps <= total_steps:
         raise ValueError(f"warmup_steps {warmup_steps} must lie in [0, total_steps={total_steps}]")
     return optax.warmup_cosine_decay_schedule(
-        0.0, base_lr, warmup_steps, max(total_steps, warmup_steps + 1),
-        end_value=base_lr * end_lr_ratio)
+        0.0,
+        base_lr,
+        warmup_steps,
+        max(total_steps, warmup_steps + 1),
+        end_value=base_lr * end_lr_ratio,
+    )
 
 
 _NO_DECAY = re.compile(r"(^|/)(bias|scale|[a-z_]*token|pos_embed)(/|$)")
@@ -44,12 +49,12 @@ _NO_DECAY = re.compile(r"(^|/)(bias|scale|[a-z_]*token|pos_embed)(/|$)")
 def decay_mask(params: Any) -> Any:
     """Weight decay on weight matrices only: not on biases (a fused qkv bias is 2-D), norm scales,
     learned tokens or position embeddings, nor on any 1-D parameter."""
-    return map_paths(lambda path, x: getattr(x, "ndim", 0) >= 2 and not _NO_DECAY.search(path),
-                     params)
+    return map_paths(
+        lambda path, x: getattr(x, "ndim", 0) >= 2 and not _NO_DECAY.search(path), params
+    )
 
 
-def layer_scales(params: Any, num_layers: int, decay: float,
-                 layer_of: Callable[[str], int]) -> Any:
+def layer_scales(params: Any, num_layers: int, decay: float, layer_of: Callable[[str], int]) -> Any:
     """Per-parameter lr multipliers decay ** (num_layers - layer_of(path)) (BEiT-style LLRD)."""
     return map_paths(lambda path, _: decay ** (num_layers - layer_of(path)), params)
 
@@ -102,7 +107,8 @@ def make_optimizer(
     if frozen:
         patterns = [re.compile(p) for p in frozen]
         labels = map_paths(
-            lambda path, _: "frozen" if any(p.search(path) for p in patterns) else "train", params)
+            lambda path, _: "frozen" if any(p.search(path) for p in patterns) else "train", params
+        )
         if "frozen" not in jax.tree.leaves(labels):
             raise ValueError(f"frozen patterns {list(frozen)} match no parameter")
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

@@ -16,11 +16,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 
 from eofm.data import arrayrecord, augment, datasets, normalize, pipeline, stats
 from eofm.models import mae as mae_lib
+from eofm.models import smarties as smarties_lib
 from eofm.models import vit as vit_lib
 from eofm.train.loop import Task
 
@@ -42,8 +42,13 @@ def prepared_source(config: ml_collections.ConfigDict, workdir: Path):
     directory = Path(config.data.prepared_dir or workdir / "data")
     if jax.process_index() == 0:
         source = datasets.make_source(config.data.source, **config.data.source_args)
-        arrayrecord.prepare(source, directory, name=config.data.source,
-                            citation=datasets.CITATIONS.get(config.data.source, ""), log_every=0)
+        arrayrecord.prepare(
+            source,
+            directory,
+            name=config.data.source,
+            citation=datasets.CITATIONS.get(config.data.source, ""),
+            log_every=0,
+        )
     multihost_utils.sync_global_devices("eofm:prepared_data")
     return arrayrecord.ArrayRecordSource(directory)
 
@@ -51,38 +56,59 @@ def prepared_source(config: ml_collections.ConfigDict, workdir: Path):
 def input_channels(source, keys) -> int:
     missing = [k for k in keys if k not in source.specs]
     if missing:
-        raise ValueError(f"data.sensors {missing} are not in the data, which has {list(source.specs)}")
+        raise ValueError(
+            f"data.sensors {missing} are not in the data, which has {list(source.specs)}"
+        )
     return sum(len(source.specs[k].bands) for k in keys)
 
 
-def make_pipeline(config, source):
-    """(process_index, process_count) -> batched MapDataset of stacked, normalised crops."""
+def make_pipeline(config, source, *, stack: bool):
+    """(process_index, process_count) -> batched MapDataset of normalised crops of `data.sensors`
+    (stacked along channels into "image" when `stack`)."""
     keys = tuple(config.data.sensors)
     band_stats = stats.read_stats_json(source.stats_path)
     transforms = [
-        normalize.Normalize({k: source.specs[k] for k in keys}, config.data.normalization,
-                            band_stats),
-        augment.RandomCropFlipRotate(keys, size=config.data.image_size,
-                                     scale=tuple(config.data.crop_scale)),
-        StackSensors(keys),
+        normalize.Normalize(
+            {k: source.specs[k] for k in keys}, config.data.normalization, band_stats
+        ),
+        augment.RandomCropFlipRotate(
+            keys, size=config.data.image_size, scale=tuple(config.data.crop_scale)
+        ),
     ]
+    if stack:
+        transforms.append(StackSensors(keys))
 
     def make_dataset(process_index: int, process_count: int):
         return pipeline.make_dataset(
-            source, batch_size=config.batch_size // process_count, seed=config.seed,
-            transforms=transforms, process_index=process_index, process_count=process_count)
+            source,
+            batch_size=config.batch_size // process_count,
+            seed=config.seed,
+            transforms=transforms,
+            process_index=process_index,
+            process_count=process_count,
+        )
 
     return make_dataset
 
 
 def mae_config(config: ml_collections.ConfigDict, in_chans: int) -> mae_lib.MAEConfig:
     m = config.model
-    encoder = vit_lib.ViTConfig(patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth,
-                                num_heads=m.num_heads, in_chans=in_chans,
-                                dtype=jnp.dtype(m.dtype))
-    return mae_lib.MAEConfig(encoder=encoder, decoder_dim=m.decoder_dim,
-                             decoder_depth=m.decoder_depth, decoder_heads=m.decoder_heads,
-                             mask_ratio=m.mask_ratio, norm_pix_loss=m.norm_pix_loss)
+    encoder = vit_lib.ViTConfig(
+        patch_size=m.patch_size,
+        embed_dim=m.embed_dim,
+        depth=m.depth,
+        num_heads=m.num_heads,
+        in_chans=in_chans,
+        dtype=jnp.dtype(m.dtype),
+    )
+    return mae_lib.MAEConfig(
+        encoder=encoder,
+        decoder_dim=m.decoder_dim,
+        decoder_depth=m.decoder_depth,
+        decoder_heads=m.decoder_heads,
+        mask_ratio=m.mask_ratio,
+        norm_pix_loss=m.norm_pix_loss,
+    )
 
 
 def mae_loss(model: mae_lib.MAE, batch, rng):
@@ -90,11 +116,7 @@ def mae_loss(model: mae_lib.MAE, batch, rng):
     return loss, {}
 
 
-def build_task(config: ml_collections.ConfigDict, workdir: str | Path) -> Task:
-    """The pretraining task named by `config.model_name`."""
-    if config.model_name != "mae":
-        raise ValueError(f"unknown model_name {config.model_name!r}; available: ['mae']")
-    source = prepared_source(config, Path(workdir))
+def _mae_task(config, source) -> Task:
     cfg = mae_config(config, input_channels(source, tuple(config.data.sensors)))
     size = config.data.image_size
     return Task(
@@ -102,18 +124,50 @@ def build_task(config: ml_collections.ConfigDict, workdir: str | Path) -> Task:
         variant=config.variant,
         make_model=lambda rngs: mae_lib.MAE(cfg, rngs=rngs),
         loss_fn=mae_loss,
-        make_dataset=make_pipeline(config, source),
+        make_dataset=make_pipeline(config, source, stack=True),
         input_keys=(INPUT_KEY,),
         flops_per_example=mae_lib.mae_flops_per_example(cfg, (size, size)),
     )
 
 
-def model_config(config, workdir) -> mae_lib.MAEConfig:
-    """The MAE config of a run (for loading its checkpoint outside the loop)."""
-    source = arrayrecord.ArrayRecordSource(config.data.prepared_dir or Path(workdir) / "data")
-    return mae_config(config, input_channels(source, tuple(config.data.sensors)))
+def smarties_config(config: ml_collections.ConfigDict) -> smarties_lib.SmartiesConfig:
+    s = config.smarties
+    return smarties_lib.SmartiesConfig(
+        mae=mae_config(config, in_chans=0),
+        mixup_ratio=s.mixup_ratio,
+        official_mixup_bug=s.official_mixup_bug,
+        blend=s.blend,
+    )
 
 
-def abstract_model(cfg: mae_lib.MAEConfig) -> nnx.Module:
-    with nnx.use_eager_sharding(False):
-        return nnx.eval_shape(lambda: mae_lib.MAE(cfg, rngs=nnx.Rngs(0)))
+def _smarties_task(config, source) -> Task:
+    cfg = smarties_config(config)
+    keys = tuple(config.data.sensors)
+    input_channels(source, keys)
+    if len(keys) not in (1, 2):
+        raise ValueError(f"SMARTIES pretrains on one sensor or a pair, got data.sensors={keys}")
+    views = [smarties_lib.View.of(source.specs[k], cfg) for k in keys]
+
+    def loss_fn(model, batch, rng):
+        return model([batch[k] for k in keys], views, rng=rng)
+
+    size = config.data.image_size
+    return Task(
+        name=config.model_name,
+        variant=config.variant,
+        make_model=lambda rngs: smarties_lib.Smarties(cfg, rngs=rngs),
+        loss_fn=loss_fn,
+        make_dataset=make_pipeline(config, source, stack=False),
+        input_keys=keys,
+        flops_per_example=smarties_lib.smarties_flops_per_example(cfg, (size, size), len(keys)),
+    )
+
+
+TASKS = {"mae": _mae_task, "smarties": _smarties_task}
+
+
+def build_task(config: ml_collections.ConfigDict, workdir: str | Path) -> Task:
+    """The pretraining task named by `config.model_name`."""
+    if config.model_name not in TASKS:
+        raise ValueError(f"unknown model_name {config.model_name!r}; available: {sorted(TASKS)}")
+    return TASKS[config.model_name](config, prepared_source(config, Path(workdir)))

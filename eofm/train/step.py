@@ -19,13 +19,19 @@ LossFn = Callable[[nnx.Module, dict[str, jax.Array], jax.Array], tuple[jax.Array
 class TrainState:
     """Everything that changes during training; the model graph itself is static."""
 
-    step: jax.Array        # int32 scalar: optimizer updates done
-    params: nnx.State      # trainable parameters (nnx.Param)
-    opt_state: Any         # optax state
+    step: jax.Array  # int32 scalar: optimizer updates done
+    params: nnx.State  # trainable parameters (nnx.Param)
+    opt_state: Any  # optax state
 
 
-def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, loss_fn: LossFn, accum_steps: int = 1):
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    rest: nnx.State,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    loss_fn: LossFn,
+    accum_steps: int = 1,
+):
     """Returns step(state, batch, rng) -> (state, metrics).
 
     `rest` holds the model's non-trainable variables (constant tables). With `accum_steps` > 1 the
@@ -47,15 +53,18 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
             (loss, metrics), grads = grad_fn(state.params, batch, rng)
         else:
             micro = jax.tree.map(
-                lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:]), batch)
+                lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:]), batch
+            )
 
             def body(carry, inputs):
                 i, mb = inputs
                 (loss, metrics), grads = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
                 return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
 
-            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-                grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng))
+            zeros = jax.tree.map(
+                jnp.zeros_like,
+                jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng),
+            )
             zeros = (zeros[0][0], zeros[0][1], zeros[1])
             total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
             loss, metrics, grads = jax.tree.map(lambda x: x / accum_steps, total)

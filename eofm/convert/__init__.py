@@ -1,0 +1,1 @@
+"""Importers of published PyTorch checkpoints into the eofm models."""
