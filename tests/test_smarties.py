@@ -154,6 +154,16 @@ def test_encoder_on_eurosat_ms_rgb_and_s1(model, shared_data):
         assert tokens.shape == (1, 16, 32) and np.isfinite(np.asarray(pooled)).all()
 
 
+def test_encoder_api_on_a_sample_dict(model):
+    source = datasets.BigEarthNetSource()
+    sample = source[1]
+    batch = {k: jnp.asarray(sample[k][None, :32, :32]) for k in ("s2", "s1")}
+    tokens, pooled = model.encode_batch(batch, source.specs)
+    assert tokens.shape == (1, 32, 32) and pooled.shape == (1, 32)
+    s2_tokens, s2_pooled = model.encode(batch["s2"], smarties.View.of(source.specs["s2"], CFG))
+    np.testing.assert_allclose(tokens[:, :16], s2_tokens, rtol=1e-6)
+
+
 @pytest.mark.parametrize("sensors", [("s2", "s1"), ("s2",)], ids=["paired", "single"])
 def test_short_pretraining_run_lowers_the_loss(sensors, tmp_path):
     config = pretrain_config(sensors, tmp_path)

@@ -23,7 +23,7 @@ S2 x1); the token embedding is `max_bands * mean` over bands, so tiling does not
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +114,21 @@ class Smarties(nnx.Module):
             self.encoder.embed_patches(images, weights=view.weights)
         )
         return tokens[:, 1:], tokens[:, 0]
+
+    def encode_batch(self, batch: Mapping[str, jax.Array],
+                     specs: Mapping[str, SensorSpec]) -> tuple[jax.Array, jax.Array]:
+        """The `Encoder` API: every image of a sample dict, whatever its sensor and bands.
+
+        Args:
+          batch: {key: f32[B, H, W, C]} (other keys are ignored).
+          specs: {key: SensorSpec} of the images to encode (a source's `specs`).
+        Returns:
+          tokens [B, sum of L_key, D] (sensors concatenated along the sequence, in `specs` order)
+          and pooled [B, D], the mean of the sensors' CLS features.
+        """
+        encoded = [self.encode(batch[k], View.of(spec, self.cfg)) for k, spec in specs.items()]
+        tokens = jnp.concatenate([t for t, _ in encoded], axis=1)
+        return tokens, jnp.mean(jnp.stack([p for _, p in encoded]), axis=0)
 
     # ---- pretraining ----------------------------------------------------------------------
 
