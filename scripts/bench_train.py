@@ -1,6 +1,6 @@
 r"""Train-step speed and MFU of MAE, and ViT encoder speed in JAX against timm, as two tables.
 
-  python scripts/bench_train.py [--variants=tiny,base --batch_size=8 --steps=3 --warmup_steps=2]
+  python scripts/bench_train.py [--variants=tiny,base --batch_size=8 --steps=3 --warmup_steps=1]
 
 MAE: the jitted train step of `pretrain/main.py` (`loop.setup` + `step.make_train_step`, AdamW,
 norm-pix MAE loss) for the variants of configs/pretrain/mae.py, fed one synthetic float32 batch of
@@ -8,11 +8,12 @@ the configured image size with `--in_chans` channels (14: the BigEarthNet S2 + S
 is read. Encoder: forward + backward of mean(encoder(images)) for the plain ViT of the same variant
 names (ViT-Ti/16, ViT-B/16, ...) on 224 x 224 x 3 images, in JAX and in PyTorch eager with timm's
 `VisionTransformer` of the same shape (CLS token, token pooling, no head, no dropout) on all CPU
-threads.
+threads; JAX and torch steps alternate.
 
 Times are medians over `--steps` timed steps that follow `--warmup_steps` untimed ones (the first
-compiles). FLOPs are the models' matmul counts (`mae_flops_per_example`, 3 x `vit_forward_flops`);
-MFU divides their rate by the measured throughput of a large float32 matmul (`measure_peak_flops`).
+compiles); they move with other load on the machine, whose average the first line reports. FLOPs
+are the models' matmul counts (`mae_flops_per_example`, 3 x `vit_forward_flops`); MFU divides their
+rate by the measured throughput of a large float32 matmul (`measure_peak_flops`).
 
 The encoder table needs torch and timm and is skipped without them:
 
@@ -44,14 +45,20 @@ from flax import nnx
 from eofm import parallel
 from eofm.models import mae as mae_lib
 from eofm.models import vit as vit_lib
-from eofm.train import loop, metrics as metrics_lib, pretrain, step as step_lib
+from eofm.train import loop, pretrain
+from eofm.train import metrics as metrics_lib
+from eofm.train import step as step_lib
 
 _CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "mae.py"
 _INSTALL = "pip install -e '.[bench]' && pip install --no-deps torchvision==0.16.2"
 # variant: (batch size, timed steps) when --batch_size / --steps are not given.
 _DEFAULTS = {"tiny": (32, 10), "base": (8, 3)}
 _VIT_NAMES = {
-    "tiny": "ViT-Ti", "small": "ViT-S", "base": "ViT-B", "large": "ViT-L", "huge": "ViT-H"
+    "tiny": "ViT-Ti",
+    "small": "ViT-S",
+    "base": "ViT-B",
+    "large": "ViT-L",
+    "huge": "ViT-H",
 }
 _ENCODER_IMAGE_SIZE = 224
 _ENCODER_CHANNELS = 3
@@ -59,7 +66,7 @@ _ENCODER_CHANNELS = 3
 _VARIANTS = flags.DEFINE_list("variants", ["tiny", "base"], "MAE config and ViT variants.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "MAE batch; default 32 (tiny), 8 (others).")
 _STEPS = flags.DEFINE_integer("steps", None, "Timed steps per row; default 10 (tiny), 3 (others).")
-_WARMUP = flags.DEFINE_integer("warmup_steps", 2, "Untimed steps before timing (the 1st compiles).")
+_WARMUP = flags.DEFINE_integer("warmup_steps", 1, "Untimed steps before timing (the 1st compiles).")
 _IN_CHANS = flags.DEFINE_integer("in_chans", 14, "MAE input channels (12 S2 L2A + 2 S1 bands).")
 _ENCODER_BATCH = flags.DEFINE_integer("encoder_batch_size", 8, "Batch size of the encoder rows.")
 _CONFIG = flags.DEFINE_string("config_file", str(_CONFIG_FILE), "MAE config: get_config(variant).")
@@ -70,16 +77,21 @@ def _defaults(variant: str) -> tuple[int, int]:
     return _BATCH_SIZE.value or batch_size, _STEPS.value or steps
 
 
-def _median_seconds(run_step: Callable[[int], Any], steps: int) -> float:
-    """Median wall time of `steps` calls of run_step(i), after `--warmup_steps` untimed calls."""
+def _median_seconds(run_steps: list[Callable[[int], Any]], steps: int) -> list[float]:
+    """Median wall time of each run_step(i) over `steps` calls after `--warmup_steps` untimed ones.
+
+    The functions take turns step by step, so that they see the same background load.
+    """
     for i in range(_WARMUP.value):
-        run_step(i)
-    times = []
+        for run_step in run_steps:
+            run_step(i)
+    times = [[] for _ in run_steps]
     for i in range(_WARMUP.value, _WARMUP.value + steps):
-        start = time.perf_counter()
-        run_step(i)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for run_step, seconds in zip(run_steps, times):
+            start = time.perf_counter()
+            run_step(i)
+            seconds.append(time.perf_counter() - start)
+    return [float(np.median(t)) for t in times]
 
 
 def _load_config_module(path: str):
@@ -215,19 +227,21 @@ def _mae_table(peak: float) -> None:
         config = configs.get_config(variant)
         config.batch_size = batch_size
         run_step, flops_per_example = _mae_train_step(config, _IN_CHANS.value)
-        seconds = _median_seconds(run_step, steps)
+        (seconds,) = _median_seconds([run_step], steps)
         flops = flops_per_example * batch_size / seconds
         size = config.data.image_size
-        rows.append([
-            variant,
-            f"{size}x{size}x{_IN_CHANS.value}",
-            str(batch_size),
-            str(steps),
-            f"{seconds * 1e3:.1f}",
-            f"{batch_size / seconds:.1f}",
-            f"{flops / 1e9:.1f}",
-            f"{flops / peak:.1%}",
-        ])
+        rows.append(
+            [
+                variant,
+                f"{size}x{size}x{_IN_CHANS.value}",
+                str(batch_size),
+                str(steps),
+                f"{seconds * 1e3:.1f}",
+                f"{batch_size / seconds:.1f}",
+                f"{flops / 1e9:.1f}",
+                f"{flops / peak:.1%}",
+            ]
+        )
     _print_table(
         "MAE train step (loop.setup + step.make_train_step, synthetic float32 input)",
         ["config", "input", "batch", "steps", "step ms", "images/s", "GFLOP/s", "MFU"],
@@ -250,26 +264,42 @@ def _encoder_table(peak: float) -> None:
         num_patches = (_ENCODER_IMAGE_SIZE // cfg.patch_size) ** 2
         flops = 3 * vit_lib.vit_forward_flops(cfg, 1 + num_patches) * batch_size
         steps = _defaults(variant)[1]
-        jax_s = _median_seconds(_jax_encoder_step(cfg, batch_size), steps)
-        torch_s = _median_seconds(_torch_encoder_step(torch, vit_cls, cfg, batch_size), steps)
-        rows.append([
-            f"{_VIT_NAMES.get(variant, variant)}/{cfg.patch_size}",
-            str(steps),
-            f"{jax_s * 1e3:.1f}",
-            f"{torch_s * 1e3:.1f}",
-            f"{jax_s / torch_s:.2f}",
-            f"{flops / jax_s / 1e9:.1f}",
-            f"{flops / torch_s / 1e9:.1f}",
-            f"{flops / jax_s / peak:.1%}",
-            f"{flops / torch_s / peak:.1%}",
-        ])
+        jax_s, torch_s = _median_seconds(
+            [
+                _jax_encoder_step(cfg, batch_size),
+                _torch_encoder_step(torch, vit_cls, cfg, batch_size),
+            ],
+            steps,
+        )
+        rows.append(
+            [
+                f"{_VIT_NAMES.get(variant, variant)}/{cfg.patch_size}",
+                str(steps),
+                f"{jax_s * 1e3:.1f}",
+                f"{torch_s * 1e3:.1f}",
+                f"{jax_s / torch_s:.2f}",
+                f"{flops / jax_s / 1e9:.1f}",
+                f"{flops / torch_s / 1e9:.1f}",
+                f"{flops / jax_s / peak:.1%}",
+                f"{flops / torch_s / peak:.1%}",
+            ]
+        )
     size, chans = _ENCODER_IMAGE_SIZE, _ENCODER_CHANNELS
     _print_table(
         f"ViT encoder forward + backward on {batch_size} x {size}x{size}x{chans}: JAX (jit) vs"
         f" torch {torch.__version__} eager + timm {timm.__version__}"
         f" ({torch.get_num_threads()} threads)",
-        ["model", "steps", "JAX ms", "torch ms", "JAX/torch", "JAX GFLOP/s", "torch GFLOP/s",
-         "JAX MFU", "torch MFU"],
+        [
+            "model",
+            "steps",
+            "JAX ms",
+            "torch ms",
+            "JAX/torch",
+            "JAX GFLOP/s",
+            "torch GFLOP/s",
+            "JAX MFU",
+            "torch MFU",
+        ],
         rows,
     )
 

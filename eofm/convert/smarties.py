@@ -119,6 +119,8 @@ def to_eofm(
         position tables that are not the MAE sin-cos table).
     """
     params = _params(model)
+    if not all(isinstance(param[...], jax.Array) for param in params.values()):
+        raise ValueError("to_eofm needs a built model, not an abstract one (nnx.eval_shape)")
     tensors = _tensors(params)
     tables = _position_tables(model)
     decoder_keys = {t.key for t in tensors if t.in_decoder}
@@ -196,7 +198,7 @@ def from_eofm(model: Smarties, *, image_size: int = DEFAULT_IMAGE_SIZE) -> dict[
         raise ValueError(f"image size {image_size} is not a multiple of the patch size {p}")
     grid = (image_size // p, image_size // p)
     arrays = {
-        path: np.asarray(jax.device_get(param[...]), np.float32) for path, param in params.items()
+        path: np.array(jax.device_get(param[...]), np.float32) for path, param in params.items()
     }
     state = {key: _sincos_with_cls(grid, width) for key, width in _position_tables(model).items()}
     for t in _tensors(params):
@@ -336,20 +338,23 @@ def _sincos_with_cls(grid: tuple[int, int], width: int) -> np.ndarray:
 
 
 def _check_position_table(
-    key: str, table: np.ndarray, grid: tuple[int, int] | None, source
+    key: str, table: np.ndarray, grid: tuple[int, int] | None, source: str | os.PathLike | None
 ) -> str | None:
-    """A message if `table` [1, 1 + L, W] is not the sin-cos table of its grid, else None."""
+    """A message if `table` [1, 1 + L, W] is not the sin-cos table of `grid` (None: a square
+    grid), else None. Tables of another grid are not compared."""
     num_positions = table.shape[1] - 1
     if grid is None:
         side = math.isqrt(num_positions)
-        grid = (side, side)
+        grid, expected = (side, side), "a square grid"
+    else:
+        expected = f"the {grid[0]}x{grid[1]} grid asked for"
     if grid[0] * grid[1] != num_positions:
         logging.info(
-            "%s: %s covers %d positions, not a %dx%d grid; its values are not checked",
+            "%s: %s covers %d positions, not %s; its values are not checked",
             _name(source),
             key,
             num_positions,
-            *grid,
+            expected,
         )
         return None
     error = float(np.max(np.abs(table - _sincos_with_cls(grid, table.shape[2]))))
@@ -369,7 +374,7 @@ def _like(old: jax.Array, value: np.ndarray) -> jax.Array:
 def _error_message(
     model: Smarties,
     state: Mapping[str, np.ndarray],
-    source,
+    source: str | os.PathLike | None,
     missing: list[str],
     unexpected: list[str],
     mismatched: list[str],
@@ -408,19 +413,17 @@ def _describe_file(state: Mapping[str, np.ndarray]) -> str:
     def count(pattern: re.Pattern[str]) -> int:
         return len({m[1] for key in state if (m := pattern.match(key))})
 
-    def width(key: str, axis: int) -> int | None:
+    def size(key: str, axis: int) -> int | None:
         value = state.get(key)
-        return value.shape[axis] if value is not None and value.ndim > abs(axis) else None
+        return value.shape[axis] if value is not None and value.ndim else None
 
-    tokenizer_weight = state.get(_TOKENIZER_KEY.format(0, "weight"))
+    pixels = size(_TOKENIZER_KEY.format(0, "weight"), -1)
     facts = {
-        "width": width("cls_token", -1) or width("norm.weight", 0),
+        "width": size("cls_token", -1) or size("norm.weight", 0),
         "depth": count(_BLOCK_INDEX),
-        "patch": (
-            math.isqrt(tokenizer_weight.shape[-1]) if tokenizer_weight is not None else None
-        ),
+        "patch": math.isqrt(pixels) if pixels else None,
         "spectral ranges": count(_TOKENIZER_INDEX),
-        "decoder width": width("decoder_embed.weight", 0),
+        "decoder width": size("decoder_embed.weight", 0),
         "decoder depth": count(_DECODER_BLOCK_INDEX),
     }
     return ", ".join(f"{name} {value}" for name, value in facts.items() if value)
@@ -431,7 +434,7 @@ def _natural_order(key: str) -> list[str | int]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
 
 
-def _name(source) -> str:
+def _name(source: str | os.PathLike | None) -> str:
     return "the checkpoint" if source is None else str(source)
 
 
