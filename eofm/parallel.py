@@ -63,16 +63,18 @@ def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def make_mesh(preset: str | None = None, devices: Sequence[jax.Device] | None = None,
-              **sizes: int) -> Mesh:
+def make_mesh(
+    preset: str | None = None, devices: Sequence[jax.Device] | None = None, **sizes: int
+) -> Mesh:
     """A ("data", "fsdp", "tensor") mesh from a preset and/or explicit sizes (sizes win)."""
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown mesh preset {preset!r}; expected one of {sorted(PRESETS)}")
     resolved = {**(PRESETS[preset] if preset else {}), **sizes}
     devices = list(devices if devices is not None else jax.devices())
     shape = mesh_shape(resolved, len(devices))
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                         devices=devices)
+    return jax.make_mesh(
+        shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+    )
 
 
 def logical_to_mesh(
@@ -152,8 +154,15 @@ def initialize_distributed(
     nothing to detect is left alone.
     """
     explicit = coordinator_address is not None
-    detected = any(v in os.environ for v in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE",
-                                              "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
+    detected = any(
+        v in os.environ
+        for v in (
+            "SLURM_JOB_ID",
+            "OMPI_COMM_WORLD_SIZE",
+            "TPU_WORKER_HOSTNAMES",
+            "MEGASCALE_COORDINATOR_ADDRESS",
+        )
+    )
     if not explicit and not detected:
         return
     # Only CPU computations use this; without it XLA refuses multi-process CPU programs.
@@ -162,6 +171,10 @@ def initialize_distributed(
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
     else:
         jax.distributed.initialize()
-    logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
-                 jax.process_index(), jax.process_count(), jax.local_device_count(),
-                 jax.device_count())
+    logging.info(
+        "jax.distributed: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )

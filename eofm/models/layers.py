@@ -267,3 +267,92 @@ def block_flops(num_tokens: int, dim: int, mlp_dim: int) -> float:
     """
     n, d, m = num_tokens, dim, mlp_dim
     return float(2 * n * (4 * d * d + 2 * d * m) + 4 * n * n * d)
+
+
+# ---- ALiBi (CROMA) ------------------------------------------------------------------------------
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """ALiBi head slopes m_h = 2^(-8h/H), h = 1..H, for H a power of two; otherwise the standard
+    interleaving: the slopes of the next lower power of two, then every other slope of twice that.
+    -> float32 [H]."""
+
+    def power_of_two(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * h / n) for h in range(1, n + 1)]
+
+    if num_heads & (num_heads - 1) == 0:
+        return np.asarray(power_of_two(num_heads), np.float32)
+    lower = 2 ** int(np.floor(np.log2(num_heads)))
+    extra = power_of_two(2 * lower)[0::2][: num_heads - lower]
+    return np.asarray(power_of_two(lower) + extra, np.float32)
+
+
+def grid_distances(grid_hw: tuple[int, int]) -> np.ndarray:
+    """Euclidean distances between the patches of a grid numbered row-major.  -> f32 [L, L]."""
+    rows, cols = np.divmod(np.arange(grid_hw[0] * grid_hw[1]), grid_hw[1])
+    return np.sqrt((rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2).astype(
+        np.float32
+    )
+
+
+def alibi_2d_bias(
+    grid_hw: tuple[int, int],
+    num_heads: int,
+    q_ids: jax.Array | None = None,
+    k_ids: jax.Array | None = None,
+) -> jax.Array:
+    """2D-ALiBi logit bias -m_h * ||pos_i - pos_j|| (CROMA; X-ALiBi when queries and keys come from
+    two sensors on one grid).
+
+    Args:
+      grid_hw: patch grid (rows, cols); patches numbered row-major.
+      num_heads: H.
+      q_ids, k_ids: optional int [B, Nq] / [B, Nk] patch indices of the queries / keys (kept
+        tokens under masking).
+    Returns:
+      f32 [1, H, L, L] without ids, else [B, H, Nq, Nk].
+    """
+    dist = jnp.asarray(grid_distances(grid_hw))
+    if q_ids is not None:
+        dist = dist[q_ids]  # [B, Nq, L]
+        dist = jnp.take_along_axis(dist, k_ids[:, None, :], axis=2) if k_ids is not None else dist
+    else:
+        dist = dist[None]
+    slopes = jnp.asarray(alibi_slopes(num_heads))
+    return -slopes[None, :, None, None] * dist[:, None]
+
+
+class CrossAttention(nnx.Module):
+    """Multi-head attention of queries x [B, Nq, D] over a context [B, Nk, D] -> [B, Nq, D], with
+    separate q, k, v projections (logical "embed" -> "heads") and an optional logit bias."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        qkv_bias: bool = True,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        kw = dict(use_bias=qkv_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.q = linear(dim, dim, ("embed", "heads"), **kw)
+        self.k = linear(dim, dim, ("embed", "heads"), **kw)
+        self.v = linear(dim, dim, ("embed", "heads"), **kw)
+        self.proj = linear(
+            dim, dim, ("heads", "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
+
+    def __call__(
+        self, x: jax.Array, context: jax.Array, attn_bias: jax.Array | None = None
+    ) -> jax.Array:
+        b, nq, d = x.shape
+        heads = lambda t: t.reshape(t.shape[0], t.shape[1], self.num_heads, d // self.num_heads)
+        out = jax.nn.dot_product_attention(
+            heads(self.q(x)), heads(self.k(context)), heads(self.v(context)), bias=attn_bias
+        )
+        return self.proj(out.reshape(b, nq, d))

@@ -115,8 +115,9 @@ class Smarties(nnx.Module):
         )
         return tokens[:, 1:], tokens[:, 0]
 
-    def encode_batch(self, batch: Mapping[str, jax.Array],
-                     specs: Mapping[str, SensorSpec]) -> tuple[jax.Array, jax.Array]:
+    def encode_batch(
+        self, batch: Mapping[str, jax.Array], specs: Mapping[str, SensorSpec]
+    ) -> tuple[jax.Array, jax.Array]:
         """The `Encoder` API: every image of a sample dict, whatever its sensor and bands.
 
         Args:

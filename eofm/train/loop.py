@@ -248,56 +248,59 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
     window_start, window_steps = time.perf_counter(), 0
     run_start, run_steps = time.perf_counter(), 0
     try:
-        for step in range(start_step, config.total_steps):
-            host_batch = next(iterator)
-            batch = {
-                k: jax.make_array_from_process_local_data(batch_sharding, host_batch[k])
-                for k in task.input_keys
-            }
-            state, step_metrics = train_step(state, batch, jax.random.fold_in(base_key, step))
-            loss = float(step_metrics["loss"])
-            if not np.isfinite(loss):
-                bad = _named_nonfinite(step_metrics["grads_finite"])
-                raise NonFiniteLossError(
-                    f"loss is {loss} at step {step + 1}; non-finite gradients in"
-                    f" {bad[:10] or 'no parameter (the loss itself overflowed)'}"
-                    f"{' and more' if len(bad) > 10 else ''}"
-                )
-            window_steps += 1
-            run_steps += 1
-            done = step + 1
-            if done % config.log_every == 0 or done == config.total_steps:
-                elapsed = time.perf_counter() - window_start
-                scalars = {
-                    k: v for k, v in jax.device_get(step_metrics).items() if k != "grads_finite"
+        # Model code that needs the mesh (shard_map collectives, e.g. CROMA's gathered
+        # negatives) finds it in this context.
+        with jax.set_mesh(mesh):
+            for step in range(start_step, config.total_steps):
+                host_batch = next(iterator)
+                batch = {
+                    k: jax.make_array_from_process_local_data(batch_sharding, host_batch[k])
+                    for k in task.input_keys
                 }
-                images_per_sec = window_steps * config.batch_size / elapsed
-                last = {
-                    **scalars,
-                    "images_per_sec": images_per_sec,
-                    "step_time_s": elapsed / window_steps,
-                }
-                if flops_per_step:
-                    last["mfu"] = flops_per_step * window_steps / elapsed / peak
-                writer.write(done, last)
-                rate = (time.perf_counter() - run_start) / run_steps
-                if jax.process_index() == 0:
-                    print(
-                        metrics_lib.progress_line(
-                            done, config.total_steps, last, rate * (config.total_steps - done)
-                        ),
-                        flush=True,
+                state, step_metrics = train_step(state, batch, jax.random.fold_in(base_key, step))
+                loss = float(step_metrics["loss"])
+                if not np.isfinite(loss):
+                    bad = _named_nonfinite(step_metrics["grads_finite"])
+                    raise NonFiniteLossError(
+                        f"loss is {loss} at step {step + 1}; non-finite gradients in"
+                        f" {bad[:10] or 'no parameter (the loss itself overflowed)'}"
+                        f"{' and more' if len(bad) > 10 else ''}"
                     )
-                window_start, window_steps = time.perf_counter(), 0
-            saved = False
-            if done % config.checkpoint.every_steps == 0 or done == config.total_steps:
-                saved = ckpt.save(done, state, iterator, meta)
-            if preemption.requested:
-                if not saved:
-                    ckpt.save(done, state, iterator, meta, force=True)
-                ckpt.wait()
-                logging.warning("stopped after step %d on SIGTERM; checkpoint saved", done)
-                break
+                window_steps += 1
+                run_steps += 1
+                done = step + 1
+                if done % config.log_every == 0 or done == config.total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    scalars = {
+                        k: v for k, v in jax.device_get(step_metrics).items() if k != "grads_finite"
+                    }
+                    images_per_sec = window_steps * config.batch_size / elapsed
+                    last = {
+                        **scalars,
+                        "images_per_sec": images_per_sec,
+                        "step_time_s": elapsed / window_steps,
+                    }
+                    if flops_per_step:
+                        last["mfu"] = flops_per_step * window_steps / elapsed / peak
+                    writer.write(done, last)
+                    rate = (time.perf_counter() - run_start) / run_steps
+                    if jax.process_index() == 0:
+                        print(
+                            metrics_lib.progress_line(
+                                done, config.total_steps, last, rate * (config.total_steps - done)
+                            ),
+                            flush=True,
+                        )
+                    window_start, window_steps = time.perf_counter(), 0
+                saved = False
+                if done % config.checkpoint.every_steps == 0 or done == config.total_steps:
+                    saved = ckpt.save(done, state, iterator, meta)
+                if preemption.requested:
+                    if not saved:
+                        ckpt.save(done, state, iterator, meta, force=True)
+                    ckpt.wait()
+                    logging.warning("stopped after step %d on SIGTERM; checkpoint saved", done)
+                    break
     finally:
         preemption.restore()
         ckpt.close()

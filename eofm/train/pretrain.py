@@ -19,6 +19,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from eofm.data import arrayrecord, augment, datasets, normalize, pipeline, stats
+from eofm.data.spec import SensorSpec, valid_key
+from eofm.models import croma as croma_lib
 from eofm.models import mae as mae_lib
 from eofm.models import smarties as smarties_lib
 from eofm.models import vit as vit_lib
@@ -37,6 +39,50 @@ class StackSensors(grain.transforms.Map):
         return {**sample, INPUT_KEY: np.concatenate([sample[k] for k in self.keys], axis=-1)}
 
 
+class SelectBands(grain.transforms.Map):
+    """grain map: keeps the named bands of each image key (and of its validity mask), in order."""
+
+    def __init__(self, specs: dict[str, SensorSpec], bands: dict[str, tuple[str, ...]]):
+        self.index = {
+            k: [specs[k].bands.index(b) for b in specs[k].sensor_info.resolve(v)]
+            for k, v in bands.items()
+        }
+
+    def map(self, sample: dict[str, Any]) -> dict[str, Any]:
+        out = dict(sample)
+        for key, idx in self.index.items():
+            out[key] = sample[key][..., idx]
+            out[valid_key(key)] = sample[valid_key(key)][..., idx]
+        return out
+
+
+def input_specs(config, source) -> dict[str, SensorSpec]:
+    """SensorSpecs of `data.sensors` after the optional `data.bands` selection."""
+    keys = tuple(config.data.sensors)
+    missing = [k for k in keys if k not in source.specs]
+    if missing:
+        raise ValueError(
+            f"data.sensors {missing} are not in the data, which has {list(source.specs)}"
+        )
+    bands = dict(config.data.get("bands") or {})
+    unknown = set(bands) - set(keys)
+    if unknown:
+        raise ValueError(
+            f"data.bands names {sorted(unknown)}, which are not in data.sensors {keys}"
+        )
+    specs = {}
+    for k in keys:
+        spec = source.specs[k]
+        if k in bands:
+            chosen = spec.sensor_info.resolve(tuple(bands[k]))
+            absent = [b for b in chosen if b not in spec.bands]
+            if absent:
+                raise ValueError(f"data.bands[{k!r}]: {absent} are not among {spec.bands}")
+            spec = SensorSpec(spec.sensor, chosen)
+        specs[k] = spec
+    return specs
+
+
 def prepared_source(config: ml_collections.ConfigDict, workdir: Path):
     """The configured source as ArrayRecord (prepared by process 0, reused when present)."""
     directory = Path(config.data.prepared_dir or workdir / "data")
@@ -53,24 +99,19 @@ def prepared_source(config: ml_collections.ConfigDict, workdir: Path):
     return arrayrecord.ArrayRecordSource(directory)
 
 
-def input_channels(source, keys) -> int:
-    missing = [k for k in keys if k not in source.specs]
-    if missing:
-        raise ValueError(
-            f"data.sensors {missing} are not in the data, which has {list(source.specs)}"
-        )
-    return sum(len(source.specs[k].bands) for k in keys)
+def input_channels(specs: dict[str, SensorSpec]) -> int:
+    return sum(len(spec.bands) for spec in specs.values())
 
 
 def make_pipeline(config, source, *, stack: bool):
     """(process_index, process_count) -> batched MapDataset of normalised crops of `data.sensors`
-    (stacked along channels into "image" when `stack`)."""
+    (band-selected by `data.bands`; stacked along channels into "image" when `stack`)."""
     keys = tuple(config.data.sensors)
+    specs = input_specs(config, source)
     band_stats = stats.read_stats_json(source.stats_path)
     transforms = [
-        normalize.Normalize(
-            {k: source.specs[k] for k in keys}, config.data.normalization, band_stats
-        ),
+        SelectBands(source.specs, {k: specs[k].bands for k in keys}),
+        normalize.Normalize(specs, config.data.normalization, band_stats),
         augment.RandomCropFlipRotate(
             keys, size=config.data.image_size, scale=tuple(config.data.crop_scale)
         ),
@@ -117,7 +158,7 @@ def mae_loss(model: mae_lib.MAE, batch, rng):
 
 
 def _mae_task(config, source) -> Task:
-    cfg = mae_config(config, input_channels(source, tuple(config.data.sensors)))
+    cfg = mae_config(config, input_channels(input_specs(config, source)))
     size = config.data.image_size
     return Task(
         name=config.model_name,
@@ -143,10 +184,10 @@ def smarties_config(config: ml_collections.ConfigDict) -> smarties_lib.SmartiesC
 def _smarties_task(config, source) -> Task:
     cfg = smarties_config(config)
     keys = tuple(config.data.sensors)
-    input_channels(source, keys)
     if len(keys) not in (1, 2):
         raise ValueError(f"SMARTIES pretrains on one sensor or a pair, got data.sensors={keys}")
-    views = [smarties_lib.View.of(source.specs[k], cfg) for k in keys]
+    specs = input_specs(config, source)
+    views = [smarties_lib.View.of(specs[k], cfg) for k in keys]
 
     def loss_fn(model, batch, rng):
         return model([batch[k] for k in keys], views, rng=rng)
@@ -163,7 +204,56 @@ def _smarties_task(config, source) -> Task:
     )
 
 
-TASKS = {"mae": _mae_task, "smarties": _smarties_task}
+def croma_config(config: ml_collections.ConfigDict) -> croma_lib.CromaConfig:
+    m, c = config.model, config.croma
+    return croma_lib.CromaConfig(
+        embed_dim=m.embed_dim,
+        depth=m.depth,
+        num_heads=m.num_heads,
+        patch_size=m.patch_size,
+        decoder_dim=m.decoder_dim,
+        decoder_heads=m.decoder_heads,
+        decoder_mlp_dim=m.decoder_mlp_dim,
+        mask_ratio=m.mask_ratio,
+        temperature_init=c.temperature_init,
+        contrastive_weight=c.contrastive_weight,
+        mae_weight=c.mae_weight,
+        dtype=jnp.dtype(m.dtype),
+    )
+
+
+def _croma_task(config, source) -> Task:
+    cfg = croma_config(config)
+    specs = input_specs(config, source)
+    if len(specs) != 2:
+        raise ValueError(f"CROMA needs data.sensors = (optical, radar), got {tuple(specs)}")
+    optical, radar = specs
+    for key, spec, n, what in (
+        (optical, specs[optical], cfg.optical_channels, "optical"),
+        (radar, specs[radar], cfg.radar_channels, "radar"),
+    ):
+        if len(spec.bands) != n:
+            raise ValueError(
+                f"CROMA's {what} input {key!r} must have {n} bands, got"
+                f" {spec.bands} (select them with data.bands)"
+            )
+
+    def loss_fn(model, batch, rng):
+        return model(batch[optical], batch[radar], rng=rng)
+
+    size = config.data.image_size
+    return Task(
+        name=config.model_name,
+        variant=config.variant,
+        make_model=lambda rngs: croma_lib.Croma(cfg, rngs=rngs),
+        loss_fn=loss_fn,
+        make_dataset=make_pipeline(config, source, stack=False),
+        input_keys=(optical, radar),
+        flops_per_example=croma_lib.croma_flops_per_example(cfg, (size, size)),
+    )
+
+
+TASKS = {"mae": _mae_task, "smarties": _smarties_task, "croma": _croma_task}
 
 
 def build_task(config: ml_collections.ConfigDict, workdir: str | Path) -> Task:

@@ -1,0 +1,84 @@
+r"""CROMA: radar-optical contrastive + masked autoencoder with 2D-ALiBi / X-ALiBi.
+
+  python pretrain/main.py --config=configs/pretrain/croma.py:tiny --workdir=workdirs/croma
+  # SSL4EO-S12 (S2 L1C without B10 + S1), random 120 px crops of the 264 px patches:
+  python pretrain/main.py --config=configs/pretrain/croma.py:tiny --workdir=workdirs/croma_ssl4eo \
+      --config.data.source=ssl4eo_s12 \
+      --config.data.source_args='{"root": "../shared/data/ssl4eo_s12"}' \
+      --config.data.sensors='("s2c", "s1")' \
+      --config.data.bands='{"s2c": ("B01","B02","B03","B04","B05","B06","B07","B08","B8A","B09","B11","B12")}'
+
+Variants: `tiny` (128 wide, 4 / 2 / 2 blocks; CPU), `base` (768 wide, 16 heads, optical 12 / radar 6
+/ joint 6) and `large` (1024, 16 heads, 24 / 12 / 12) as published; patch 8 at 120 px. Default data:
+the embedded BigEarthNet v2 pairs (S2 L2A 12 bands as optical, S1 VV/VH as radar), each band
+clipped to mean +- 2 std and rescaled to [0, 1] with dataset statistics (the SeCo/SatMAE recipe of
+CROMA's README, with fixed rather than batch statistics). Loss = InfoNCE + MAE (1:1).
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+VARIANTS = {
+    # name: (embed_dim, optical depth, heads)
+    "tiny": (128, 4, 4),
+    "base": (768, 12, 16),
+    "large": (1024, 24, 16),
+}
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    if arg not in VARIANTS:
+        raise ValueError(f"unknown variant {arg!r}; expected one of {sorted(VARIANTS)}")
+    dim, depth, heads = VARIANTS[arg]
+    c = ml_collections.ConfigDict()
+    c.model_name = "croma"
+    c.variant = arg
+    c.model = ml_collections.ConfigDict(
+        dict(
+            patch_size=8,
+            embed_dim=dim,
+            depth=depth,
+            num_heads=heads,
+            decoder_dim=512,
+            decoder_heads=8,
+            decoder_mlp_dim=2048,
+            mask_ratio=0.75,
+            dtype="float32",
+        )
+    )
+    if arg == "tiny":
+        c.model.update(dict(decoder_dim=128, decoder_heads=4, decoder_mlp_dim=512))
+    c.croma = ml_collections.ConfigDict(
+        dict(temperature_init=0.07, contrastive_weight=1.0, mae_weight=1.0)
+    )
+    c.data = ml_collections.ConfigDict(
+        dict(
+            source="bigearthnet_s1s2",
+            source_args={},
+            sensors=("s2", "s1"),  # (optical, radar)
+            bands={},  # optional {key: band names} selection, e.g. drop S2 L1C B10
+            normalization="mean2std_clip",
+            prepared_dir="",
+            image_size=120,
+            crop_scale=(0.5, 1.0),
+            num_workers=0,
+        )
+    )
+
+    c.seed = 0
+    c.batch_size = 32
+    c.total_steps = 300
+    c.warmup_steps = 20
+    c.lr = 1e-4 * c.batch_size / 256 * 4
+    c.weight_decay = 0.05
+    c.b1, c.b2 = 0.9, 0.95
+    c.grad_clip_norm = 0.0
+    c.grad_accum_steps = 1
+    c.peak_flops = 0.0
+
+    c.mesh = ml_collections.ConfigDict(
+        dict(preset="dp", data=placeholder(int), fsdp=placeholder(int), tensor=placeholder(int))
+    )
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, keep_period=0))
+    c.log_every = 10
+    return c
