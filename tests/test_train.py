@@ -199,15 +199,18 @@ def test_two_processes_train_together(prepared, tmp_path):
              f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"),
         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)]
-    outs = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=240)
-            assert proc.returncode == 0, err[-3000:]
-            outs.append(out)
-    finally:
-        for proc in procs:
+    deadline = time.time() + 240
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+        if any(p.poll() not in (None, 0) for p in procs):
+            break  # one process failed: the other would wait for it at a collective
+        time.sleep(0.2)
+    for proc in procs:
+        if proc.poll() is None:
             proc.kill()
+    results = [proc.communicate() for proc in procs]
+    for proc, (_, err) in zip(procs, results):
+        assert proc.returncode == 0, err[-3000:]
+    outs = [out for out, _ in results]
     finals = [line.split("loss ")[-1] for out in outs for line in out.splitlines()
               if "finished at loss" in line]
     assert len(finals) == 2 and finals[0] == finals[1], outs
