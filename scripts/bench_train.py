@@ -137,7 +137,8 @@ def _mae_train_step(config, in_chans: int) -> tuple[Callable[[int], None], float
 
     def run_step(i: int) -> None:
         nonlocal state
-        state, step_metrics = train_step(state, batch, jax.random.fold_in(base_key, i))
+        with jax.set_mesh(mesh):  # As in `loop.train`.
+            state, step_metrics = train_step(state, batch, jax.random.fold_in(base_key, i))
         jax.block_until_ready((state, step_metrics))
 
     return run_step, task.flops_per_example

@@ -4,7 +4,9 @@
 go through `torch.load(..., weights_only=True)`, which unpickles only tensors and plain
 containers (torch is optional: `pip install -e '.[torch]'`). Training checkpoints are unwrapped:
 a state dict nested under "model" or "state_dict" is taken, and the "module." prefix of
-DistributedDataParallel is dropped. bfloat16 tensors come back as float32 (numpy has no bfloat16).
+DistributedDataParallel is dropped. A file holding the state dicts of several sub-modules
+({"encoder": {...}, "head": {...}}) is flattened to dotted keys ("encoder.<key>"). bfloat16 tensors
+come back as float32 (numpy has no bfloat16).
 """
 
 from __future__ import annotations
@@ -68,6 +70,27 @@ def save_safetensors(path: str | os.PathLike, state: Mapping[str, np.ndarray]) -
     )
 
 
+def flatten(state: Mapping[Any, Any]) -> dict[str, Any]:
+    """Nested state dicts to dotted keys: {"a": {"b": x}, "c": y} -> {"a.b": x, "c": y}.
+
+    Values other than mappings (tensors, arrays, counters) are kept as they are.
+    """
+    flat = {}
+    for name, value in state.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{name}.{key}": inner for key, inner in flatten(value).items()})
+        else:
+            flat[str(name)] = value
+    return flat
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A numpy array or a torch tensor (bfloat16 as float32) as a numpy array."""
+    if type(value).__module__.split(".")[0] == "torch":
+        return _torch_to_numpy(value)
+    return np.asarray(value)
+
+
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     # numpy reads bfloat16 tensors through the dtype that `ml_dtypes` registers.
     state = safetensors.numpy.load_file(path)
@@ -96,7 +119,7 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
             " trusted, extract its state dict and save it as .safetensors."
             f" ({reason})"
         ) from e
-    state = _unwrap(obj, path)
+    state = flatten(_unwrap(obj, path))
     tensors = {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}
     dropped = sorted(str(name) for name in state if name not in tensors)
     if dropped:

@@ -1,0 +1,266 @@
+"""Machinery shared by the checkpoint importers: official (PyTorch) tensors <-> eofm Params.
+
+An importer describes a model as a list of `Tensor`s, one per official key, each naming the eofm
+Param it fills and how the two are laid out. `check` compares that list with a state dict,
+`write` copies a checked state dict into the model and `read` produces the official state dict.
+
+Layouts (torch shape <-> eofm shape):
+  "copy"        same shape (LayerNorm weights <-> scales, biases, tokens),
+  "linear"      Linear weight (out, in) <-> kernel [in, out],
+  "qkv_kernel"  fused Linear weight (3D, D) <-> `layers.Attention` kernel [D, 3, D]; the torch
+                output is [q | k | v] with the heads contiguous inside each part, which is how
+                `layers.Attention` splits its [3, D] output, so kernel = weight.T reshaped,
+  "qkv_bias"    (3D,) <-> [3, D].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+ParamPath = tuple[str | int, ...]
+
+# Official (torch) name of each leaf of an eofm Linear / LinearGeneral / LayerNorm.
+TORCH_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not fit the model.
+
+    Attributes:
+      missing: official keys the model needs that the file lacks.
+      unexpected: keys of the file the model has no place for.
+      mismatched: "key: expected (...), got (...)" for tensors of the wrong shape.
+      invalid: tensors of the right shape whose values show the file is not the expected model.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing: Iterable[str] = (),
+        unexpected: Iterable[str] = (),
+        mismatched: Iterable[str] = (),
+        invalid: Iterable[str] = (),
+    ):
+        super().__init__(message)
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.mismatched = list(mismatched)
+        self.invalid = list(invalid)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    """One official tensor: its key, the eofm Param it goes to and how it is laid out.
+
+    Attributes:
+      key: official name.
+      path: path of the eofm Param in `nnx.state(model, nnx.Param)`.
+      index: row of a stacked Param [R, ...] the tensor fills; None for a whole Param.
+      layout: "copy", "linear", "qkv_kernel" or "qkv_bias" (see the module docstring).
+    """
+
+    key: str
+    path: ParamPath
+    index: int | None
+    layout: str
+
+
+def layout_of(path: ParamPath) -> str:
+    """Layout of the Linear, fused-qkv or LayerNorm Param at `path` (see the module docstring)."""
+    kernel = path[-1] == "kernel"
+    if len(path) > 1 and path[-2] == "qkv":
+        return "qkv_kernel" if kernel else "qkv_bias"
+    return "linear" if kernel else "copy"
+
+
+def official_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Torch shape of a tensor whose eofm shape (one row of a stacked Param) is `shape`."""
+    if layout == "linear":
+        return shape[::-1]
+    if layout == "qkv_kernel":
+        return (shape[1] * shape[2], shape[0])
+    if layout == "qkv_bias":
+        return (shape[0] * shape[1],)
+    return shape
+
+
+def to_eofm_layout(layout: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if layout in ("linear", "qkv_kernel"):
+        value = value.T
+    return value.reshape(shape)
+
+
+def to_official_layout(layout: str, value: np.ndarray) -> np.ndarray:
+    if layout == "qkv_kernel":
+        value = value.reshape(value.shape[0], -1)
+    if layout in ("linear", "qkv_kernel"):
+        return value.T
+    if layout == "qkv_bias":
+        return value.reshape(-1)
+    return value
+
+
+def model_params(model: nnx.Module) -> dict[ParamPath, nnx.Param]:
+    return dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+
+
+def require_built(params: Mapping[ParamPath, nnx.Param]) -> None:
+    """Raises ValueError for an abstract model (from `nnx.eval_shape`), which cannot be filled."""
+    if not all(isinstance(param[...], jax.Array) for param in params.values()):
+        raise ValueError("to_eofm needs a built model, not an abstract one (nnx.eval_shape)")
+
+
+def check(
+    state: Mapping[str, np.ndarray],
+    tensors: Sequence[Tensor],
+    params: Mapping[ParamPath, nnx.Param],
+    *,
+    optional: Collection[str] = (),
+    also_known: Collection[str] = (),
+) -> tuple[list[str], list[str], list[str]]:
+    """Compares a state dict with the official tensors of a model.
+
+    Args:
+      state: {official key: array}.
+      tensors: the official tensors of the model.
+      params: the model's Params by path (`model_params`).
+      optional: keys that may be absent.
+      also_known: keys of the file that are not `tensors` but are checked by the caller.
+    Returns:
+      (missing keys, unexpected keys, "key: expected (...), got (...)" shape mismatches).
+    """
+    known = {t.key for t in tensors} | set(also_known)
+    missing = [t.key for t in tensors if t.key not in state and t.key not in optional]
+    unexpected = sorted((key for key in state if key not in known), key=natural_order)
+    mismatched = []
+    for t in tensors:
+        if t.key in state:
+            shape = params[t.path].shape
+            expected = official_shape(t.layout, shape if t.index is None else shape[1:])
+            got = tuple(state[t.key].shape)
+            if expected != got:
+                mismatched.append(f"{t.key}: expected {expected}, got {got}")
+    return missing, unexpected, mismatched
+
+
+def write(
+    model: nnx.Module,
+    params: Mapping[ParamPath, nnx.Param],
+    tensors: Sequence[Tensor],
+    state: Mapping[str, np.ndarray],
+) -> None:
+    """Copies the (checked) tensors of `state` into `model`; Params it lacks keep their values.
+
+    Each value takes the dtype and sharding of the Param it replaces.
+    """
+    values: dict[ParamPath, np.ndarray] = {}
+    for t in tensors:
+        if t.key not in state:
+            continue
+        param = params[t.path]
+        if t.index is None:
+            values[t.path] = to_eofm_layout(t.layout, np.asarray(state[t.key]), param.shape)
+        else:
+            rows = values.setdefault(t.path, np.array(jax.device_get(param[...])))
+            rows[t.index] = to_eofm_layout(t.layout, np.asarray(state[t.key]), param.shape[1:])
+    updates = [
+        (path, params[path].replace(_like(params[path][...], value)))
+        for path, value in values.items()
+    ]
+    nnx.update(model, nnx.from_flat_state(updates))
+
+
+def read(params: Mapping[ParamPath, nnx.Param], tensors: Sequence[Tensor]) -> dict[str, np.ndarray]:
+    """{official key: contiguous float32 array in the torch layout} of `tensors`."""
+    arrays = {
+        path: np.array(jax.device_get(params[path][...]), np.float32)
+        for path in {t.path for t in tensors}
+    }
+    state = {}
+    for t in tensors:
+        value = arrays[t.path] if t.index is None else arrays[t.path][t.index]
+        state[t.key] = np.ascontiguousarray(to_official_layout(t.layout, value))
+    return state
+
+
+def conversion_error(
+    source: str | os.PathLike | None,
+    model: str,
+    file: str,
+    *,
+    missing: Sequence[str] = (),
+    unexpected: Sequence[str] = (),
+    mismatched: Sequence[str] = (),
+    invalid: Sequence[str] = (),
+    invalid_title: str = "invalid values",
+) -> ConversionError:
+    """A `ConversionError` whose message lists every problem.
+
+    Args:
+      source: the file, named in the message.
+      model: what the model is, e.g. "CROMA (width 768, ...)".
+      file: what the keys and shapes of the file say about the model that wrote it.
+      missing, unexpected, mismatched, invalid: the problems (see `ConversionError`).
+      invalid_title: heading of the `invalid` list.
+    """
+    lines = [f"cannot load {source_name(source)} into {model}:", f"  the file holds: {file}"]
+    for title, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", mismatched),
+        (invalid_title, invalid),
+    ):
+        if items:
+            lines.append(f"  {title} ({len(items)}):")
+            lines.extend(f"    {item}" for item in items)
+    return ConversionError(
+        "\n".join(lines),
+        missing=missing,
+        unexpected=unexpected,
+        mismatched=mismatched,
+        invalid=invalid,
+    )
+
+
+def foreign_file(state: Mapping[str, np.ndarray], family: str) -> str:
+    """Description of a state dict that holds no key of the model `family`."""
+    names = sorted(state, key=natural_order)
+    examples = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"none of its {len(state)} keys ({examples}) is a {family} key"
+
+
+def count_indices(state: Mapping[str, np.ndarray], pattern: re.Pattern[str]) -> int:
+    """Number of distinct values of the first group of `pattern` matched at the keys' start."""
+    return len({m[1] for key in state if (m := pattern.match(key))})
+
+
+def dim(state: Mapping[str, np.ndarray], key: str, axis: int) -> int | None:
+    """Size of axis `axis` of `state[key]`, None if the key is absent or a scalar."""
+    value = state.get(key)
+    return value.shape[axis] if value is not None and len(value.shape) else None
+
+
+def natural_order(key: str) -> list[str | int]:
+    """Sort key putting "blocks.2" before "blocks.10"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
+def source_name(source: str | os.PathLike | None) -> str:
+    return "the checkpoint" if source is None else str(source)
+
+
+def dotted(path: ParamPath) -> str:
+    return ".".join(map(str, path))
+
+
+def _like(old: jax.Array, value: np.ndarray) -> jax.Array:
+    """`value` with the dtype and sharding of the Param value `old`."""
+    return jax.device_put(np.asarray(value).astype(old.dtype), old.sharding)
