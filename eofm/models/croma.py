@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec
 
 from eofm import parallel
 from eofm.models import layers
-from eofm.models.mae import norm_pix_stats, random_masking
+from eofm.models.mae import norm_pix_stats, random_masking, unshuffle_with_mask_tokens
 from eofm.models.tokenizers import band_patches
 
 LN_EPS = 1e-5
@@ -270,13 +270,10 @@ class Croma(nnx.Module):
         self, joint: jax.Array, radar_restore: jax.Array, grid: tuple[int, int]
     ) -> jax.Array:
         """Joint tokens at radar-visible positions -> f32[B, L, 14 p^2] predictions."""
-        x = self.decoder_embed(joint)
-        b, k, dd = x.shape
-        fill = jnp.broadcast_to(
-            self.mask_token[...].astype(x.dtype), (b, radar_restore.shape[1] - k, dd)
+        x = unshuffle_with_mask_tokens(
+            self.decoder_embed(joint), self.mask_token[...], radar_restore
         )
-        x = jnp.take_along_axis(jnp.concatenate([x, fill], 1), radar_restore[..., None], axis=1)
-        x = x + jnp.asarray(layers.posemb_sincos_2d(*grid, dd), x.dtype)
+        x = x + jnp.asarray(layers.posemb_sincos_2d(*grid, x.shape[-1]), x.dtype)
         x = self.decoder_norm(self.decoder_block(x))
         return self.decoder_pred(x).astype(jnp.float32)
 

@@ -61,6 +61,18 @@ def random_masking(
     return ids_shuffle[:, :num_kept], mask, ids_restore
 
 
+def unshuffle_with_mask_tokens(
+    kept: jax.Array, mask_token: jax.Array, ids_restore: jax.Array
+) -> jax.Array:
+    """Puts the K kept tokens [B, K, D] (shuffled order) and a mask token in every removed slot
+    back into patch order.  -> [B, L, D]."""
+    b, k, d = kept.shape
+    fill = jnp.broadcast_to(
+        mask_token.astype(kept.dtype).reshape(1, 1, d), (b, ids_restore.shape[1] - k, d)
+    )
+    return jnp.take_along_axis(jnp.concatenate([kept, fill], axis=1), ids_restore[..., None], 1)
+
+
 def norm_pix_stats(patches: jax.Array, eps: float = NORM_PIX_EPS) -> tuple[jax.Array, jax.Array]:
     """Per-patch mean and sqrt(unbiased variance (ddof=1) + eps).  [B, L, P] -> 2 x [B, L, 1]."""
     mean = jnp.mean(patches, axis=-1, keepdims=True)
@@ -115,12 +127,8 @@ class MAEDecoder(nnx.Module):
           [B, L, Dd] in the compute dtype, patches in image order (CLS dropped).
         """
         x = self.embed(latent)
-        b, n, dd = x.shape
-        num_patches = ids_restore.shape[1]
-        fill = jnp.broadcast_to(self.mask_token[...].astype(x.dtype), (b, num_patches + 1 - n, dd))
-        patches = jnp.concatenate([x[:, 1:], fill], axis=1)
-        patches = jnp.take_along_axis(patches, ids_restore[..., None], axis=1)
-        patches = patches + jnp.asarray(layers.posemb_sincos_2d(*grid_hw, dd), x.dtype)
+        patches = unshuffle_with_mask_tokens(x[:, 1:], self.mask_token[...], ids_restore)
+        patches = patches + jnp.asarray(layers.posemb_sincos_2d(*grid_hw, x.shape[-1]), x.dtype)
         x = jnp.concatenate([x[:, :1], patches], axis=1)
         for block in self.blocks:
             x = block(x)

@@ -21,6 +21,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -97,6 +98,20 @@ class Checkpointer:
                 continue
             return step, restored["state"]
         return None
+
+    def latest_params(self) -> tuple[int, dict[str, Any]]:
+        """The parameters of the newest checkpoint as {"/"-joined path: array}, read without a
+        target structure (for initialising another run from it, e.g. a later training stage)."""
+        step = self._manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory} to initialise from")
+        saved = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        )["state"]
+        leaves = jax.tree_util.tree_flatten_with_path(saved["params"])[0]
+        return step, {
+            "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(x) for path, x in leaves
+        }
 
     def _set_aside(self, step: int, error: Exception) -> None:
         """Moves an unreadable checkpoint out of the manager's way; nothing is deleted."""

@@ -51,6 +51,8 @@ class Task:
       input_keys: batch keys passed to the device (others, e.g. string ids, stay on the host).
       flops_per_example: model FLOPs of one example's forward + backward (for MFU); 0 if unknown.
       optimizer_kwargs: extra arguments of `optim.make_optimizer` (frozen, lr_scales, ...).
+      adapt_param: (path, saved array, wanted shape) -> array, for `init_from` checkpoints whose
+        parameter shapes differ (e.g. position tables of another image size).
     """
 
     name: str
@@ -61,6 +63,7 @@ class Task:
     input_keys: tuple[str, ...]
     flops_per_example: float = 0.0
     optimizer_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    adapt_param: Callable[[str, np.ndarray, tuple[int, ...]], np.ndarray] | None = None
 
 
 class _Preemption:
@@ -170,6 +173,40 @@ def setup(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh
     )
 
 
+def params_from_run(source_workdir: str | Path, run: Setup, task: Task) -> nnx.State:
+    """This run's parameters taken from the newest checkpoint of another run (fresh optimizer).
+
+    Parameters with the same path and shape are copied; a different shape goes through
+    `task.adapt_param`; anything else is an error listing every parameter concerned.
+    """
+    ckpt = checkpoint.Checkpointer(Path(source_workdir) / "checkpoints")
+    try:
+        step, saved = ckpt.latest_params()
+    finally:
+        ckpt.close()
+    problems = []
+
+    def take(path: str, abstract: jax.ShapeDtypeStruct):
+        value = saved.get(path)
+        if value is None:
+            problems.append(f"{path}: not in the checkpoint")
+            return None
+        if value.shape != abstract.shape:
+            if task.adapt_param is None:
+                problems.append(f"{path}: shape {value.shape}, this model needs {abstract.shape}")
+                return None
+            value = task.adapt_param(path, value, abstract.shape)
+        return jax.device_put(np.asarray(value, abstract.dtype), abstract.sharding)
+
+    params = optim.map_paths(take, run.abstract_state.params)
+    if problems:
+        raise checkpoint.CheckpointMismatchError(
+            f"cannot initialise from {source_workdir} (step {step}): " + "; ".join(problems[:20])
+        )
+    logging.info("initialised from %s at step %d", source_workdir, step)
+    return params
+
+
 def restore_model(
     config: ml_collections.ConfigDict, workdir: str | Path, task: Task
 ) -> tuple[int, nnx.Module]:
@@ -222,6 +259,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
     if restored is None:
         start_step = 0
         state = jax.jit(lambda: init()[0], out_shardings=state_shardings)()
+        if config.get("init_from"):
+            params = params_from_run(config.init_from, run, task)
+            state = step_lib.TrainState(
+                state.step,
+                params,
+                jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params),
+            )
     else:
         start_step, state = restored
         writer.truncate_after(start_step)

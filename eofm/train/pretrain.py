@@ -23,6 +23,7 @@ from eofm.data.spec import SensorSpec, valid_key
 from eofm.models import croma as croma_lib
 from eofm.models import mae as mae_lib
 from eofm.models import smarties as smarties_lib
+from eofm.models import spectralgpt as spectralgpt_lib
 from eofm.models import vit as vit_lib
 from eofm.train.loop import Task
 
@@ -253,7 +254,61 @@ def _croma_task(config, source) -> Task:
     )
 
 
-TASKS = {"mae": _mae_task, "smarties": _smarties_task, "croma": _croma_task}
+def spectralgpt_config(config: ml_collections.ConfigDict) -> spectralgpt_lib.SpectralGPTConfig:
+    m = config.model
+    return spectralgpt_lib.SpectralGPTConfig(
+        embed_dim=m.embed_dim,
+        depth=m.depth,
+        num_heads=m.num_heads,
+        image_size=config.data.image_size,
+        decoder_dim=m.decoder_dim,
+        decoder_depth=m.decoder_depth,
+        decoder_heads=m.decoder_heads,
+        mask_ratio=m.mask_ratio,
+        dtype=jnp.dtype(m.dtype),
+    )
+
+
+def _adapt_spectralgpt(path: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Interpolates spatial position tables to the new grid (progressive training)."""
+    if path.split("/")[-2:] != ["spatial", "value"]:
+        raise ValueError(f"{path}: shape {value.shape} cannot become {shape}")
+    return np.asarray(spectralgpt_lib.resize_positions(value, int(round(np.sqrt(shape[0])))))
+
+
+def _spectralgpt_task(config, source) -> Task:
+    cfg = spectralgpt_config(config)
+    specs = input_specs(config, source)
+    if len(specs) != 1:
+        raise ValueError(f"SpectralGPT takes one Sentinel-2 image, got data.sensors={tuple(specs)}")
+    ((key, spec),) = specs.items()
+    if spec.bands != spectralgpt_lib.BANDS:
+        raise ValueError(
+            f"SpectralGPT needs the bands {spectralgpt_lib.BANDS} in this order, got"
+            f" {spec.bands} (set data.bands)"
+        )
+
+    def loss_fn(model, batch, rng):
+        return model(batch[key], rng=rng)
+
+    return Task(
+        name=config.model_name,
+        variant=config.variant,
+        make_model=lambda rngs: spectralgpt_lib.SpectralGPT(cfg, rngs=rngs),
+        loss_fn=loss_fn,
+        make_dataset=make_pipeline(config, source, stack=False),
+        input_keys=(key,),
+        flops_per_example=spectralgpt_lib.spectralgpt_flops_per_example(cfg),
+        adapt_param=_adapt_spectralgpt,
+    )
+
+
+TASKS = {
+    "mae": _mae_task,
+    "smarties": _smarties_task,
+    "croma": _croma_task,
+    "spectralgpt": _spectralgpt_task,
+}
 
 
 def build_task(config: ml_collections.ConfigDict, workdir: str | Path) -> Task:
