@@ -18,3 +18,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         raise FileNotFoundError(f"{SHARED_DATA} is missing: the tests need ../shared/data")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def pretrain_config():
+    """Loader of `configs/pretrain/<name>.py` variants: pretrain_config("croma", "tiny")."""
+    import importlib.util
+
+    def load(name: str, arg: str):
+        path = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"pretrain_config_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config(arg)
+
+    return load

@@ -1,9 +1,7 @@
 """CROMA: ALiBi / X-ALiBi values, channel-major patches, gathered contrastive loss on 8 devices,
 encodings at larger sizes, and a short real pretraining run."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +13,6 @@ from eofm import parallel
 from eofm.models import croma, layers
 from eofm.train import loop, pretrain
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "croma.py"
 CFG = croma.CromaConfig(
     embed_dim=32, depth=2, num_heads=4, decoder_dim=16, decoder_heads=2, decoder_mlp_dim=32
 )
@@ -114,11 +111,8 @@ def test_encodings_at_training_and_larger_sizes():
         assert set(model.encode(optical=optical)) == {"optical"}
 
 
-def test_short_pretraining_run_learns_to_match_pairs(tmp_path):
-    spec = importlib.util.spec_from_file_location("croma_config", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("tiny")
+def test_short_pretraining_run_learns_to_match_pairs(tmp_path, pretrain_config):
+    config = pretrain_config("croma", "tiny")
     config.model.update(
         dict(
             embed_dim=64, depth=2, num_heads=4, decoder_dim=32, decoder_heads=2, decoder_mlp_dim=64

@@ -1,7 +1,6 @@
 """SMARTIES: tokenizer invariances, token mixup, shared mask, loss, encoder on any sensor, and a
 short real pretraining run."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,10 +16,14 @@ from eofm.data.spec import SensorSpec
 from eofm.models import mae, smarties, tokenizers, vit
 from eofm.train import loop, pretrain
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "smarties.py"
 CFG = smarties.SmartiesConfig(
-    mae=mae.MAEConfig(encoder=vit.ViTConfig(patch_size=8, embed_dim=32, depth=2, num_heads=2),
-                      decoder_dim=16, decoder_depth=1, decoder_heads=2))
+    mae=mae.MAEConfig(
+        encoder=vit.ViTConfig(patch_size=8, embed_dim=32, depth=2, num_heads=2),
+        decoder_dim=16,
+        decoder_depth=1,
+        decoder_heads=2,
+    )
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +50,9 @@ def test_band_patches_flatten_each_band_row_major():
     patches = tokenizers.band_patches(x, 2)  # [B, L, C, 4]
     assert patches.shape == (2, 4, 3, 4)
     # patch 1 = rows 0-1, cols 2-3; band 2; row-major: (0,2) (0,3) (1,2) (1,3)
-    np.testing.assert_array_equal(patches[0, 1, 2], [x[0, 0, 2, 2], x[0, 0, 3, 2],
-                                                     x[0, 1, 2, 2], x[0, 1, 3, 2]])
+    np.testing.assert_array_equal(
+        patches[0, 1, 2], [x[0, 0, 2, 2], x[0, 0, 3, 2], x[0, 1, 2, 2], x[0, 1, 3, 2]]
+    )
 
 
 def test_views_slots_and_dropped_cirrus():
@@ -65,8 +69,9 @@ def test_token_is_cmax_times_band_mean_and_ignores_tiling(model, pair):
     rgb = s2[..., [3, 2, 1]]
     view = _view("rgb")
     tokens = model.encoder.patch_embed(rgb, weights=view.weights)
-    tiled = model.encoder.patch_embed(jnp.tile(rgb, (1, 1, 1, 4)),
-                                      weights=np.tile(view.weights, (4, 1)))
+    tiled = model.encoder.patch_embed(
+        jnp.tile(rgb, (1, 1, 1, 4)), weights=np.tile(view.weights, (4, 1))
+    )
     np.testing.assert_allclose(tokens, tiled, rtol=1e-5, atol=1e-5)
     # By hand: 12 * mean over bands of (patch_b @ K_k(b) + c_k(b)).
     k, c = model.encoder.patch_embed.kernel[...], model.encoder.patch_embed.bias[...]
@@ -78,12 +83,16 @@ def test_token_is_cmax_times_band_mean_and_ignores_tiling(model, pair):
 
 def test_any_band_subset_and_unseen_sensors_encode(model, pair):
     s2, s1 = pair
-    for images, view in [(s2, _view("sentinel2_l2a")), (s1, _view("sentinel1_grd")),
-                         (s2[..., :4], _view("sentinel2_l2a", ["B01", "B02", "B03", "B04"])),
-                         (s2[..., [1, 2, 3, 7, 10, 11]], _view("landsat8_oli_tirs",
-                                                               ["B2", "B3", "B4", "B5", "B6",
-                                                                "B7"])),
-                         (s2[..., [3, 2, 1, 7]], _view("naip"))]:
+    for images, view in [
+        (s2, _view("sentinel2_l2a")),
+        (s1, _view("sentinel1_grd")),
+        (s2[..., :4], _view("sentinel2_l2a", ["B01", "B02", "B03", "B04"])),
+        (
+            s2[..., [1, 2, 3, 7, 10, 11]],
+            _view("landsat8_oli_tirs", ["B2", "B3", "B4", "B5", "B6", "B7"]),
+        ),
+        (s2[..., [3, 2, 1, 7]], _view("naip")),
+    ]:
         tokens, pooled = model.encode(images, view)
         assert tokens.shape == (2, 16, 32) and pooled.shape == (2, 32)
         assert np.isfinite(np.asarray(tokens)).all()
@@ -131,8 +140,9 @@ def test_loss_uses_one_shared_mask_and_norm_pix(model, pair, monkeypatch):
         return original(self, tokens, targets, slots, ids_keep, ids_restore, mask, grid_hw)
 
     monkeypatch.setattr(smarties.Smarties, "_view_loss", spy)
-    loss, aux = model(list(pair), [_view("sentinel2_l2a"), _view("sentinel1_grd")],
-                      rng=jax.random.key(0))
+    loss, aux = model(
+        list(pair), [_view("sentinel2_l2a"), _view("sentinel1_grd")], rng=jax.random.key(0)
+    )
     np.testing.assert_array_equal(masks[0], masks[1])
     assert masks[0].sum(1).tolist() == [16 - int(16 * 0.25)] * 2  # 75 % of 16 patches
     np.testing.assert_allclose(loss, (aux["loss_view1"] + aux["loss_view2"]) / 2, rtol=1e-6)
@@ -148,8 +158,11 @@ def test_encoder_on_eurosat_ms_rgb_and_s1(model, shared_data):
     rgb_path = next((shared_data / "eurosat_rgb").glob("*/*.jpg"))
     rgb = np.asarray(Image.open(rgb_path), np.float32)[:32, :32] / 255.0
     s1 = datasets.BigEarthNetSource(keys=("s1",))[0]["s1"][:32, :32] / 10.0
-    for image, view in [(ms, _view("sentinel2_l1c")), (rgb, _view("rgb")),
-                        (s1, _view("sentinel1_grd"))]:
+    for image, view in [
+        (ms, _view("sentinel2_l1c")),
+        (rgb, _view("rgb")),
+        (s1, _view("sentinel1_grd")),
+    ]:
         tokens, pooled = model.encode(jnp.asarray(image[None]), view)
         assert tokens.shape == (1, 16, 32) and np.isfinite(np.asarray(pooled)).all()
 
@@ -165,8 +178,8 @@ def test_encoder_api_on_a_sample_dict(model):
 
 
 @pytest.mark.parametrize("sensors", [("s2", "s1"), ("s2",)], ids=["paired", "single"])
-def test_short_pretraining_run_lowers_the_loss(sensors, tmp_path):
-    config = pretrain_config(sensors, tmp_path)
+def test_short_pretraining_run_lowers_the_loss(sensors, tmp_path, pretrain_config):
+    config = _tiny_config(pretrain_config("smarties", "tiny"), sensors, tmp_path)
     task = pretrain.build_task(config, tmp_path)
     loop.train(config, tmp_path, task)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").open()]
@@ -174,13 +187,10 @@ def test_short_pretraining_run_lowers_the_loss(sensors, tmp_path):
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.05, losses
 
 
-def pretrain_config(sensors, workdir: Path):
-    spec = importlib.util.spec_from_file_location("smarties_config", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("tiny")
-    config.model.update(dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=32,
-                             decoder_depth=1, decoder_heads=2))
+def _tiny_config(config, sensors, workdir: Path):
+    config.model.update(
+        dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    )
     config.data.sensors = sensors
     config.data.image_size = 48
     config.data.prepared_dir = str(workdir / "data")

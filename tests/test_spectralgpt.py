@@ -1,7 +1,6 @@
 """SpectralGPT: exact cube tokenisation, the loss formula, position interpolation, and a real
 two-stage (progressive) pretraining run."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,8 +11,6 @@ from flax import nnx
 
 from eofm.models import spectralgpt
 from eofm.train import loop, pretrain
-
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "spectralgpt.py"
 
 
 def test_cubify_order_and_exact_inverse():
@@ -34,8 +31,9 @@ def test_loss_on_a_hand_built_example():
     target = rng.normal(size=pred.shape).astype(np.float32)
     mask = np.zeros((1, groups * locations), np.float32)
     mask[0, [0, 4, 11]] = 1
-    loss, aux = spectralgpt.spectralgpt_loss(jnp.asarray(pred), jnp.asarray(target),
-                                             jnp.asarray(mask), groups)
+    loss, aux = spectralgpt.spectralgpt_loss(
+        jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask), groups
+    )
     l1 = np.mean([np.mean((pred[0, i] - target[0, i]) ** 2) for i in (0, 4, 11)])
     sums = lambda a: a[0].reshape(groups, locations, k).sum(0)
     l2 = np.mean((sums(pred) - sums(target)) ** 2)
@@ -57,8 +55,15 @@ def test_position_interpolation_keeps_values_on_the_shared_grid():
 
 
 def test_masks_ninety_percent_and_encodes():
-    cfg = spectralgpt.SpectralGPTConfig(embed_dim=32, depth=1, num_heads=2, image_size=32,
-                                        decoder_dim=16, decoder_depth=1, decoder_heads=2)
+    cfg = spectralgpt.SpectralGPTConfig(
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        image_size=32,
+        decoder_dim=16,
+        decoder_depth=1,
+        decoder_heads=2,
+    )
     model = spectralgpt.SpectralGPT(cfg, rngs=nnx.Rngs(0))
     x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 12))
     loss, aux = model(x, rng=jax.random.key(1))
@@ -67,13 +72,11 @@ def test_masks_ninety_percent_and_encodes():
     assert tokens.shape == (2, 4 * 16, 32) and pooled.shape == (2, 32)
 
 
-def _config(stage: str, workdir: Path):
-    spec = importlib.util.spec_from_file_location("spectralgpt_config", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("tiny" + stage)
-    config.model.update(dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=32,
-                             decoder_depth=1, decoder_heads=2))
+def _config(load, stage: str, workdir: Path):
+    config = load("spectralgpt", "tiny" + stage)
+    config.model.update(
+        dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    )
     config.data.image_size = 32 if not stage else 48
     config.data.prepared_dir = str(workdir.parent / "data")
     config.batch_size = 8
@@ -89,11 +92,11 @@ def _losses(workdir):
     return [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").open()]
 
 
-def test_two_stage_progressive_run(tmp_path):
+def test_two_stage_progressive_run(tmp_path, pretrain_config):
     stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
-    config1 = _config("", stage1)
+    config1 = _config(pretrain_config, "", stage1)
     loop.train(config1, stage1, pretrain.build_task(config1, stage1))
-    config2 = _config(",stage2", stage2)
+    config2 = _config(pretrain_config, ",stage2", stage2)
     config2.init_from = str(stage1)
     loop.train(config2, stage2, pretrain.build_task(config2, stage2))
     first, second = _losses(stage1), _losses(stage2)

@@ -16,7 +16,8 @@ CROMA's README, with fixed rather than batch statistics). Loss = InfoNCE + MAE (
 """
 
 import ml_collections
-from ml_collections.config_dict import placeholder
+
+from eofm.train import config as train_config
 
 VARIANTS = {
     # name: (embed_dim, optical depth, heads)
@@ -65,20 +66,5 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         )
     )
 
-    c.seed = 0
-    c.batch_size = 32
-    c.total_steps = 300
-    c.warmup_steps = 20
-    c.lr = 1e-4 * c.batch_size / 256 * 4
-    c.weight_decay = 0.05
-    c.b1, c.b2 = 0.9, 0.95
-    c.grad_clip_norm = 0.0
-    c.grad_accum_steps = 1
-    c.peak_flops = 0.0
-
-    c.mesh = ml_collections.ConfigDict(
-        dict(preset="dp", data=placeholder(int), fsdp=placeholder(int), tensor=placeholder(int))
-    )
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, keep_period=0))
-    c.log_every = 10
+    train_config.training(c, base_lr=1e-4)
     return c

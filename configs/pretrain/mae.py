@@ -11,7 +11,8 @@ its loss (norm-pix MSE on masked patches) falls from about 1.0.
 """
 
 import ml_collections
-from ml_collections.config_dict import placeholder
+
+from eofm.train import config as train_config
 
 VARIANTS = {
     # name: (embed_dim, depth, heads, decoder_dim, decoder_depth, decoder_heads, image_size)
@@ -19,10 +20,6 @@ VARIANTS = {
     "base": (768, 12, 12, 512, 8, 16, 224),
     "large": (1024, 24, 16, 512, 8, 16, 224),
 }
-
-
-def _int():
-    return placeholder(int)
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
@@ -60,19 +57,5 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         )
     )
 
-    c.seed = 0
-    c.batch_size = 32
-    c.total_steps = 300
-    c.warmup_steps = 20
-    c.lr = 1.5e-4 * c.batch_size / 256 * 4  # MAE's base lr scaling, x4 for short runs
-    c.weight_decay = 0.05
-    c.b1, c.b2 = 0.9, 0.95
-    c.grad_clip_norm = 0.0
-    c.grad_accum_steps = 1
-    c.peak_flops = 0.0  # 0: measure a large float32 matmul at start
-
-    # Mesh: a preset (dp, fsdp, fsdp_tp) and optional explicit axis sizes (-1 = the rest).
-    c.mesh = ml_collections.ConfigDict(dict(preset="dp", data=_int(), fsdp=_int(), tensor=_int()))
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, keep_period=0))
-    c.log_every = 10
+    train_config.training(c, base_lr=1.5e-4)
     return c

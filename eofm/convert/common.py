@@ -11,6 +11,8 @@ Layouts (torch shape <-> eofm shape):
                 output is [q | k | v] with the heads contiguous inside each part, which is how
                 `layers.Attention` splits its [3, D] output, so kernel = weight.T reshaped,
   "qkv_bias"    (3D,) <-> [3, D].
+A `Tensor` may fill one slice of a Param (a row of a stacked Param, the q of a fused qkv kernel)
+and may be stored reshaped (a Conv kernel that is a Linear on flattened patches, a (1, N, D) table).
 """
 
 from __future__ import annotations
@@ -63,14 +65,35 @@ class Tensor:
     Attributes:
       key: official name.
       path: path of the eofm Param in `nnx.state(model, nnx.Param)`.
-      index: row of a stacked Param [R, ...] the tensor fills; None for a whole Param.
+      index: the slice of the Param at `index` along `axis` is the tensor; None for a whole Param.
       layout: "copy", "linear", "qkv_kernel" or "qkv_bias" (see the module docstring).
+      axis: the axis of the Param that `index` selects.
+      shape: the official shape where the file stores the layout's result reshaped (a Conv
+        kernel (D, C, kh, kw) of a Linear on flattened patches); None: that result as it is.
     """
 
     key: str
     path: ParamPath
     index: int | None
     layout: str
+    axis: int = 0
+    shape: tuple[int, ...] | None = None
+
+    def eofm_shape(self, param_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the part of a Param of shape `param_shape` that the tensor fills."""
+        if self.index is None:
+            return tuple(param_shape)
+        return tuple(param_shape[: self.axis]) + tuple(param_shape[self.axis + 1 :])
+
+    def expected_shape(self, param_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Official shape of the tensor for a Param of shape `param_shape`."""
+        if self.shape is not None:
+            return self.shape
+        return official_shape(self.layout, self.eofm_shape(param_shape))
+
+    def selection(self) -> tuple[slice | int, ...]:
+        """Numpy index of the tensor's part of the Param (`index` along `axis`)."""
+        return (slice(None),) * self.axis + (self.index,)
 
 
 def layout_of(path: ParamPath) -> str:
@@ -143,8 +166,7 @@ def check(
     mismatched = []
     for t in tensors:
         if t.key in state:
-            shape = params[t.path].shape
-            expected = official_shape(t.layout, shape if t.index is None else shape[1:])
+            expected = t.expected_shape(params[t.path].shape)
             got = tuple(state[t.key].shape)
             if expected != got:
                 mismatched.append(f"{t.key}: expected {expected}, got {got}")
@@ -166,11 +188,13 @@ def write(
         if t.key not in state:
             continue
         param = params[t.path]
+        shape = t.eofm_shape(param.shape)
+        value = np.asarray(state[t.key]).reshape(official_shape(t.layout, shape))
         if t.index is None:
-            values[t.path] = to_eofm_layout(t.layout, np.asarray(state[t.key]), param.shape)
+            values[t.path] = to_eofm_layout(t.layout, value, shape)
         else:
-            rows = values.setdefault(t.path, np.array(jax.device_get(param[...])))
-            rows[t.index] = to_eofm_layout(t.layout, np.asarray(state[t.key]), param.shape[1:])
+            whole = values.setdefault(t.path, np.array(jax.device_get(param[...])))
+            whole[t.selection()] = to_eofm_layout(t.layout, value, shape)
     updates = [
         (path, params[path].replace(_like(params[path][...], value)))
         for path, value in values.items()
@@ -186,8 +210,11 @@ def read(params: Mapping[ParamPath, nnx.Param], tensors: Sequence[Tensor]) -> di
     }
     state = {}
     for t in tensors:
-        value = arrays[t.path] if t.index is None else arrays[t.path][t.index]
-        state[t.key] = np.ascontiguousarray(to_official_layout(t.layout, value))
+        value = arrays[t.path] if t.index is None else arrays[t.path][t.selection()]
+        value = to_official_layout(t.layout, value)
+        if t.shape is not None:
+            value = value.reshape(t.shape)
+        state[t.key] = np.ascontiguousarray(value)
     return state
 
 
