@@ -78,18 +78,14 @@ class _Encoder(nnx.Module):
         self.embed = layers.linear(
             in_chans * cfg.patch_size**2, cfg.embed_dim, ("patch", "embed"), **kw
         )
-        self.blocks = nnx.List(
-            [
-                layers.Block(
-                    cfg.embed_dim,
-                    cfg.num_heads,
-                    mlp_ratio=cfg.mlp_ratio,
-                    qkv_bias=False,
-                    ln_eps=LN_EPS,
-                    **kw,
-                )
-                for _ in range(depth)
-            ]
+        self.blocks = layers.block_stack(
+            depth,
+            cfg.embed_dim,
+            cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            qkv_bias=False,
+            ln_eps=LN_EPS,
+            **kw,
         )
         self.norm = layers.layer_norm(cfg.embed_dim, eps=LN_EPS, **kw)
 

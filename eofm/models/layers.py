@@ -176,6 +176,11 @@ class Block(nnx.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def block_stack(depth: int, dim: int, num_heads: int, **block_kwargs) -> nnx.List:
+    """`depth` transformer `Block`s of width `dim`, as an nnx.List (parameters blocks/0, ...)."""
+    return nnx.List([Block(dim, num_heads, **block_kwargs) for _ in range(depth)])
+
+
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:
     """Cuts images into non-overlapping patches.
 

@@ -99,18 +99,14 @@ class MAEDecoder(nnx.Module):
         self.mask_token = nnx.Param(
             token_init(rngs.params(), (1, 1, cfg.decoder_dim), enc.param_dtype)
         )
-        self.blocks = nnx.List(
-            [
-                layers.Block(
-                    cfg.decoder_dim,
-                    cfg.decoder_heads,
-                    mlp_ratio=enc.mlp_ratio,
-                    qkv_bias=enc.qkv_bias,
-                    ln_eps=enc.ln_eps,
-                    **kw,
-                )
-                for _ in range(cfg.decoder_depth)
-            ]
+        self.blocks = layers.block_stack(
+            cfg.decoder_depth,
+            cfg.decoder_dim,
+            cfg.decoder_heads,
+            mlp_ratio=enc.mlp_ratio,
+            qkv_bias=enc.qkv_bias,
+            ln_eps=enc.ln_eps,
+            **kw,
         )
         self.norm = layers.layer_norm(cfg.decoder_dim, eps=enc.ln_eps, **kw)
 

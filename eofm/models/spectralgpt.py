@@ -139,11 +139,8 @@ class SpectralGPT(nnx.Module):
         self.pos = SeparablePositions(
             spatial, cfg.num_groups, d, param_dtype=cfg.param_dtype, rngs=rngs
         )
-        self.blocks = nnx.List(
-            [
-                layers.Block(d, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, ln_eps=cfg.ln_eps, **kw)
-                for _ in range(cfg.depth)
-            ]
+        self.blocks = layers.block_stack(
+            cfg.depth, d, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, ln_eps=cfg.ln_eps, **kw
         )
         self.norm = layers.layer_norm(d, eps=cfg.ln_eps, **kw)
         self.decoder_embed = layers.linear(d, dd, (None, "embed"), **kw)
@@ -155,13 +152,13 @@ class SpectralGPT(nnx.Module):
         self.decoder_pos = SeparablePositions(
             spatial, cfg.num_groups, dd, param_dtype=cfg.param_dtype, rngs=rngs
         )
-        self.decoder_blocks = nnx.List(
-            [
-                layers.Block(
-                    dd, cfg.decoder_heads, mlp_ratio=cfg.mlp_ratio, ln_eps=cfg.ln_eps, **kw
-                )
-                for _ in range(cfg.decoder_depth)
-            ]
+        self.decoder_blocks = layers.block_stack(
+            cfg.decoder_depth,
+            dd,
+            cfg.decoder_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            ln_eps=cfg.ln_eps,
+            **kw,
         )
         self.decoder_norm = layers.layer_norm(dd, eps=cfg.ln_eps, **kw)
         self.decoder_pred = layers.linear(dd, cfg.cube_dim, ("embed", "patch"), **kw)

@@ -78,18 +78,14 @@ class ViTEncoder(nnx.Module):
         self.patch_embed = patch_embed
         cls_init = layers.logical(nnx.initializers.normal(0.02), (None, None, "embed"))
         self.cls_token = nnx.Param(cls_init(rngs.params(), (1, 1, cfg.embed_dim), cfg.param_dtype))
-        self.blocks = nnx.List(
-            [
-                layers.Block(
-                    cfg.embed_dim,
-                    cfg.num_heads,
-                    mlp_ratio=cfg.mlp_ratio,
-                    qkv_bias=cfg.qkv_bias,
-                    ln_eps=cfg.ln_eps,
-                    **kw,
-                )
-                for _ in range(cfg.depth)
-            ]
+        self.blocks = layers.block_stack(
+            cfg.depth,
+            cfg.embed_dim,
+            cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            qkv_bias=cfg.qkv_bias,
+            ln_eps=cfg.ln_eps,
+            **kw,
         )
         self.norm = layers.layer_norm(cfg.embed_dim, eps=cfg.ln_eps, **kw)
 
