@@ -1,0 +1,1 @@
+"""Evaluation of frozen and fine-tuned encoders: probes, dense heads and host-side metrics."""
