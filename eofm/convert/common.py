@@ -21,6 +21,7 @@ import dataclasses
 import os
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -255,6 +256,16 @@ def conversion_error(
         mismatched=mismatched,
         invalid=invalid,
     )
+
+
+def raise_on_problems(
+    source: str | os.PathLike | None, model: str, file: str, **problems: Any
+) -> None:
+    """Raises `conversion_error(source, model, file, **problems)` if any problem list is
+    non-empty (keywords as `conversion_error`)."""
+    lists = ("missing", "unexpected", "mismatched", "invalid")
+    if any(problems.get(name) for name in lists):
+        raise conversion_error(source, model, file, **problems)
 
 
 def foreign_file(state: Mapping[str, np.ndarray], family: str) -> str:

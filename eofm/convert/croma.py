@@ -137,15 +137,14 @@ def to_eofm(
     common.require_built(params)
     tensors = _tensors(params)
     missing, unexpected, mismatched = common.check(state, tensors, params)
-    if missing or unexpected or mismatched:
-        raise common.conversion_error(
-            source,
-            _describe_model(model.cfg),
-            _describe_file(state),
-            missing=missing,
-            unexpected=unexpected,
-            mismatched=mismatched,
-        )
+    common.raise_on_problems(
+        source,
+        _describe_model(model.cfg),
+        _describe_file(state),
+        missing=missing,
+        unexpected=unexpected,
+        mismatched=mismatched,
+    )
     common.write(model, params, tensors, state)
     kept = sorted({str(path[0]) for path in params.keys() - {t.path for t in tensors}})
     if kept:

@@ -115,17 +115,16 @@ def to_eofm(
         elif (problem := _check_position_table(key, table, grid, source)) is not None:
             invalid.append(problem)
 
-    if missing or unexpected or mismatched or invalid:
-        raise common.conversion_error(
-            source,
-            _describe_model(model),
-            _describe_file(state),
-            missing=missing,
-            unexpected=unexpected,
-            mismatched=mismatched,
-            invalid=invalid,
-            invalid_title="invalid position tables",
-        )
+    common.raise_on_problems(
+        source,
+        _describe_model(model),
+        _describe_file(state),
+        missing=missing,
+        unexpected=unexpected,
+        mismatched=mismatched,
+        invalid=invalid,
+        invalid_title="invalid position tables",
+    )
 
     common.write(model, params, tensors, state)
     if skip_decoder and decoder_keys:

@@ -82,15 +82,14 @@ def to_eofm(
     tensors = _tensors(model.cfg, params)
     resized = _resize_spatial_tables(state, model.cfg, source)
     missing, unexpected, mismatched = common.check(resized, tensors, params)
-    if missing or unexpected or mismatched:
-        raise common.conversion_error(
-            source,
-            _describe_model(model.cfg),
-            _describe_file(state),
-            missing=missing,
-            unexpected=unexpected,
-            mismatched=mismatched,
-        )
+    common.raise_on_problems(
+        source,
+        _describe_model(model.cfg),
+        _describe_file(state),
+        missing=missing,
+        unexpected=unexpected,
+        mismatched=mismatched,
+    )
     common.write(model, params, tensors, resized)
 
 
