@@ -2,6 +2,7 @@ r"""Evaluates a frozen encoder on a downstream task.
 
   python finetune/main.py --config=configs/finetune/eurosat_ms_knn.py \
       --config.encoder=WORKDIR_OF_A_PRETRAINING_RUN --workdir=DIR
+  python finetune/main.py --config=configs/finetune/eurosat_ms_linear.py ...
 
 Writes DIR/report.json and DIR/report.md and prints the report.
 """
@@ -22,7 +23,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
-    report = probe.run_knn(_CONFIG.value, _WORKDIR.value)
+    report = probe.run_probe(_CONFIG.value, _WORKDIR.value)
     print(json.dumps({k: report[k] for k in ("encoder", "data", "metrics")}, indent=2))
 
 

@@ -57,7 +57,7 @@ def test_knn_probe_random_and_pretrained(pretrained_run, tmp_path, shared_data, 
         ("pretrained", str(pretrained_run)),
     ]:
         config = _knn_config(encoder, shared_data)
-        report = probe.run_knn(config, tmp_path / name)
+        report = probe.run_probe(config, tmp_path / name)
         results[name] = report
         on_disk = json.loads((tmp_path / name / "report.json").read_text())
         assert on_disk["metrics"] == report["metrics"]
@@ -70,3 +70,13 @@ def test_knn_probe_random_and_pretrained(pretrained_run, tmp_path, shared_data, 
     assert results["pretrained"]["encoder"]["checkpoint_step"] == 10
     assert results["pretrained"]["data"]["normalization"] == "percentile_clip"
     assert results["pretrained"]["data"]["resize_to"] == 48
+
+
+def test_linear_probe_end_to_end(pretrained_run, tmp_path, shared_data):
+    config = _knn_config(str(pretrained_run), shared_data)
+    config.probe = "linear"
+    config.linear.steps = 50
+    report = probe.run_probe(config, tmp_path)
+    assert report["task"] == "linear_classification"
+    assert report["linear"]["weight_decay"] in report["linear"]["validation_accuracy"]
+    assert report["metrics"]["oa"] > 0.25  # chance is 0.1

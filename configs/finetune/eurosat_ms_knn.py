@@ -17,6 +17,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.probe = "knn"
     c.encoder = "random:configs/pretrain/smarties.py:tiny"
     c.data = ml_collections.ConfigDict(
         dict(
@@ -27,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
     c.knn = ml_collections.ConfigDict(dict(k=20, metric="cosine", temperature=0.07))
+    c.linear = ml_collections.ConfigDict(dict(val_fraction=0.25, steps=200))
     c.test_fraction = 1 / 3
     c.seed = 0
     c.batch_size = 32

@@ -1,8 +1,9 @@
-"""Frozen-feature classification probes (kNN) with a report.
+"""Frozen-feature classification probes (kNN, linear) with a report.
 
 Protocol: a stratified split (seeded) of the labelled source; per-band statistics from the train
 part only; images normalised with the encoder's pretraining method (`normalization`, reported) and
-resized to its native input size (bilinear); pooled features of the frozen encoder; kNN.
+resized to its native input size (bilinear); pooled features of the frozen encoder; kNN, or a
+logistic-regression probe whose weight decay is chosen on a validation part of the train split.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from eofm.data import augment, datasets, normalize, stats
 from eofm.data.spec import valid_key
-from eofm.eval import encoders, knn, metrics
+from eofm.eval import encoders, knn, linear, metrics
 
 
 def stratified_split(
@@ -54,10 +55,12 @@ def extract_features(
     return np.concatenate(out)
 
 
-def run_knn(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """Runs the kNN probe of `config` and writes WORKDIR/report.{json,md}."""
+def run_probe(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Runs the probe of `config` ("knn" or "linear") and writes WORKDIR/report.{json,md}."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if config.probe not in ("knn", "linear"):
+        raise ValueError(f"unknown probe {config.probe!r}; expected 'knn' or 'linear'")
     start = time.perf_counter()
     source = datasets.make_source(config.data.source, **config.data.source_args)
     key = config.data.key
@@ -79,18 +82,36 @@ def run_knn(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str,
     feats_train = extract_features(encoder, source, key, train, norm, config.batch_size)
     feats_test = extract_features(encoder, source, key, test, norm, config.batch_size)
     num_classes = len(source.label_names["label"])
-    pred, _ = knn.knn_predict(
-        feats_train,
-        labels[train],
-        feats_test,
-        num_classes=num_classes,
-        k=config.knn.k,
-        metric=config.knn.metric,
-        temperature=config.knn.temperature or None,
-    )
+    if config.probe == "knn":
+        pred, _ = knn.knn_predict(
+            feats_train,
+            labels[train],
+            feats_test,
+            num_classes=num_classes,
+            k=config.knn.k,
+            metric=config.knn.metric,
+            temperature=config.knn.temperature or None,
+        )
+        settings = config.knn.to_dict()
+    else:
+        fit_i, val_i = stratified_split(labels[train], config.linear.val_fraction, config.seed + 1)
+        fit = linear.fit_linear_probe(
+            feats_train[fit_i],
+            labels[train][fit_i],
+            feats_train[val_i],
+            labels[train][val_i],
+            num_outputs=num_classes,
+            steps=config.linear.steps,
+        )
+        pred = fit.logits(feats_test).argmax(1)
+        settings = {
+            "weight_decay": fit.weight_decay,
+            "steps": config.linear.steps,
+            "validation_accuracy": fit.validation_scores,
+        }
     result = metrics.multiclass_metrics(pred, labels[test], num_classes)
     report = {
-        "task": "knn_classification",
+        "task": f"{config.probe}_classification",
         "encoder": {
             "ref": config.encoder,
             "model": encoder.name,
@@ -108,17 +129,17 @@ def run_knn(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str,
             "resize_to": encoder.image_size,
             "interpolation": "bilinear",
         },
-        "knn": config.knn.to_dict(),
+        config.probe: settings,
         "metrics": {"oa": result["oa"], "balanced_accuracy": result["balanced_accuracy"]},
         "confusion": result["confusion"],
         "seconds": time.perf_counter() - start,
     }
     (workdir / "report.json").write_text(json.dumps(report, indent=2))
     (workdir / "report.md").write_text(
-        f"| encoder | step | data | normalisation | size | k | metric | OA | balanced acc |\n"
-        f"|---|---|---|---|---|---|---|---|---|\n"
+        f"| encoder | step | data | normalisation | size | probe | OA | balanced acc |\n"
+        f"|---|---|---|---|---|---|---|---|\n"
         f"| {encoder.name}:{encoder.variant} | {encoder.step} | {config.data.source}"
-        f" ({len(train)}/{len(test)}) | {method} | {encoder.image_size} | {config.knn.k} |"
-        f" {config.knn.metric} | {result['oa']:.3f} | {result['balanced_accuracy']:.3f} |\n"
+        f" ({len(train)}/{len(test)}) | {method} | {encoder.image_size} | {config.probe} |"
+        f" {result['oa']:.3f} | {result['balanced_accuracy']:.3f} |\n"
     )
     return report
