@@ -11,6 +11,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from flax import nnx
+from param_helpers import params, randomize
 
 from eofm.convert import smarties as convert
 from eofm.convert import torch_state
@@ -35,20 +36,9 @@ def tiny_cfg(**encoder) -> SmartiesConfig:
     )
 
 
-def params(model: nnx.Module) -> dict:
-    return {path: np.asarray(v[...]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-
-
 def trained_model(seed: int = 0, cfg: SmartiesConfig | None = None) -> Smarties:
     """A model whose every parameter (zero biases, unit scales included) is random."""
-    model = Smarties(cfg or tiny_cfg(), rngs=nnx.Rngs(seed))
-    rng = np.random.default_rng(seed + 100)
-    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    noisy = [
-        (p, v.replace(v[...] + 0.1 * rng.standard_normal(v.shape, np.float32))) for p, v in flat
-    ]
-    nnx.update(model, nnx.from_flat_state(noisy))
-    return model
+    return randomize(Smarties(cfg or tiny_cfg(), rngs=nnx.Rngs(seed)), seed)
 
 
 def without_decoder(state: dict) -> dict:

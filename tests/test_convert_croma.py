@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from param_helpers import params, randomize
 
 from eofm.convert import croma as convert
 from eofm.convert import smarties as smarties_convert
@@ -26,20 +27,9 @@ IMAGE_HW = (24, 16)  # a 3 x 2 patch grid: rows and columns cannot be confused
 PRETRAINING_ONLY = set(convert.PRETRAINING_ONLY)
 
 
-def params(model: nnx.Module) -> dict:
-    return {path: np.asarray(v[...]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-
-
 def trained_model(seed: int = 0, cfg: CromaConfig = CFG) -> Croma:
     """A model whose every parameter (zero biases, unit scales included) is random."""
-    model = Croma(cfg, rngs=nnx.Rngs(seed))
-    rng = np.random.default_rng(seed + 100)
-    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    noisy = [
-        (p, v.replace(v[...] + 0.1 * rng.standard_normal(v.shape, np.float32))) for p, v in flat
-    ]
-    nnx.update(model, nnx.from_flat_state(noisy))
-    return model
+    return randomize(Croma(cfg, rngs=nnx.Rngs(seed)), seed)
 
 
 def images(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

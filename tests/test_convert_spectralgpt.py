@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from param_helpers import params, randomize
 
 from eofm.convert import croma as croma_convert
 from eofm.convert import spectralgpt as convert
@@ -30,20 +31,9 @@ CFG = SpectralGPTConfig(
 GRID = S // 8
 
 
-def params(model: nnx.Module) -> dict:
-    return {path: np.asarray(v[...]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-
-
 def trained_model(seed: int = 0, cfg: SpectralGPTConfig = CFG) -> SpectralGPT:
     """A model whose every parameter (zero biases, unit scales included) is random."""
-    model = SpectralGPT(cfg, rngs=nnx.Rngs(seed))
-    rng = np.random.default_rng(seed + 100)
-    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    noisy = [
-        (p, v.replace(v[...] + 0.1 * rng.standard_normal(v.shape, np.float32))) for p, v in flat
-    ]
-    nnx.update(model, nnx.from_flat_state(noisy))
-    return model
+    return randomize(SpectralGPT(cfg, rngs=nnx.Rngs(seed)), seed)
 
 
 def images(seed: int = 0, size: int = S) -> np.ndarray:
