@@ -22,8 +22,7 @@ def _paths(tree):
 
 def test_warmup_then_cosine():
     schedule = optim.lr_schedule(1e-3, total_steps=100, warmup_steps=10)
-    np.testing.assert_allclose([schedule(0), schedule(5), schedule(10)], [0, 5e-4, 1e-3],
-                               rtol=1e-6)
+    np.testing.assert_allclose([schedule(0), schedule(5), schedule(10)], [0, 5e-4, 1e-3], rtol=1e-6)
     np.testing.assert_allclose(schedule(55), 5e-4, rtol=1e-5)  # half-way through the cosine
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="warmup_steps 20"):
@@ -39,8 +38,9 @@ def test_no_weight_decay_on_biases_and_norms(params):
 
 
 def test_frozen_parameters_do_not_move(params):
-    tx, _ = optim.make_optimizer(params, lr=1e-2, total_steps=10, warmup_steps=0,
-                                 frozen=[r"patch_embed", r"blocks/0/"])
+    tx, _ = optim.make_optimizer(
+        params, lr=1e-2, total_steps=10, warmup_steps=0, frozen=[r"patch_embed", r"blocks/0/"]
+    )
     grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = tx.update(grads, tx.init(params), params)
     for path, u in zip(_paths(params), jax.tree.leaves(updates)):
@@ -61,8 +61,9 @@ def test_layerwise_lr_decay(params):
             assert scale == 0.5**1, path
         elif "blocks" not in path:  # final norm: the head side
             assert scale == 1.0, path
-    tx, _ = optim.make_optimizer(params, lr=1.0, total_steps=10, warmup_steps=0,
-                                 weight_decay=0.0, lr_scales=scales)
+    tx, _ = optim.make_optimizer(
+        params, lr=1.0, total_steps=10, warmup_steps=0, weight_decay=0.0, lr_scales=scales
+    )
     updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
     for path, u in zip(_paths(params), jax.tree.leaves(updates)):
         # Adam's first step moves every coordinate by lr (x scale) in the gradient's direction.

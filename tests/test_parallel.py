@@ -13,7 +13,10 @@ from eofm.train import optim, step as step_lib
 
 CFG = mae.MAEConfig(
     encoder=vit.ViTConfig(patch_size=8, embed_dim=64, depth=2, num_heads=4, in_chans=4),
-    decoder_dim=32, decoder_depth=1, decoder_heads=4)
+    decoder_dim=32,
+    decoder_depth=1,
+    decoder_heads=4,
+)
 
 
 def _loss(model, batch, rng):
@@ -40,13 +43,15 @@ def _setup(mesh):
     train_step = jax.jit(
         step_lib.make_train_step(graphdef, rest, tx, schedule, _loss),
         in_shardings=(shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
-        out_shardings=(shardings, parallel.replicated(mesh)))
+        out_shardings=(shardings, parallel.replicated(mesh)),
+    )
     return state, train_step, graphdef
 
 
 def _grads(graphdef, params, batch, rng):
     def f(p):
         return _loss(nnx.merge(graphdef, p), batch, rng)[0]
+
     return jax.jit(jax.value_and_grad(f))(params)
 
 
@@ -65,8 +70,13 @@ def reference(batch):
     loss, grads = _grads(graphdef, state.params, batch, jax.random.key(1))
     new_state, metrics = train_step(state, batch, jax.random.key(1))
     del new_state
-    return {"loss": loss, "grads": grads, "step_loss": metrics["loss"],
-            "grad_norm": metrics["grad_norm"], "bytes": parallel.bytes_per_device(state.params)}
+    return {
+        "loss": loss,
+        "grads": grads,
+        "step_loss": metrics["loss"],
+        "grad_norm": metrics["grad_norm"],
+        "bytes": parallel.bytes_per_device(state.params),
+    }
 
 
 @pytest.mark.parametrize("preset", ["dp", "fsdp", "fsdp_tp"])
@@ -76,8 +86,11 @@ def test_sharded_step_matches_one_device(preset, batch, reference):
     sharded_batch = jax.device_put(batch, parallel.batch_sharding(mesh))
     loss, grads = _grads(graphdef, state.params, sharded_batch, jax.random.key(1))
     np.testing.assert_allclose(loss, reference["loss"], rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
-                 jax.device_get(grads), jax.device_get(reference["grads"]))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
+        jax.device_get(grads),
+        jax.device_get(reference["grads"]),
+    )
     new_state, metrics = train_step(state, sharded_batch, jax.random.key(1))
     np.testing.assert_allclose(metrics["loss"], reference["step_loss"], rtol=1e-5)
     np.testing.assert_allclose(metrics["grad_norm"], reference["grad_norm"], rtol=1e-5)
@@ -122,15 +135,21 @@ def test_gradient_accumulation_equals_one_big_batch(batch):
     tx = optax.sgd(1.0)
     opt = tx.init(state.params)
     s = step_lib.TrainState(state.step, state.params, opt)
-    full = jax.jit(step_lib.make_train_step(graphdef, nnx.State({}), tx, lambda _: 1.0, _fixed_mask_loss))
-    accum = jax.jit(step_lib.make_train_step(graphdef, nnx.State({}), tx, lambda _: 1.0,
-                                             _fixed_mask_loss, accum_steps=4))
+    full = jax.jit(
+        step_lib.make_train_step(graphdef, nnx.State({}), tx, lambda _: 1.0, _fixed_mask_loss)
+    )
+    accum = jax.jit(
+        step_lib.make_train_step(
+            graphdef, nnx.State({}), tx, lambda _: 1.0, _fixed_mask_loss, accum_steps=4
+        )
+    )
     a, ma = full(s, batch, jax.random.key(0))
     b, mb = accum(s, batch, jax.random.key(0))
     np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
     # SGD with lr 1: parameter deltas are the gradients, equal to float32 summation noise.
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5),
-                 a.params, b.params)
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5), a.params, b.params
+    )
 
 
 def _fixed_mask_loss(model, batch, rng):
@@ -160,10 +179,12 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
     small = parallel.make_mesh("fsdp_tp", devices=jax.devices()[:2])
     assert dict(small.shape) == {"data": 1, "fsdp": 1, "tensor": 2}
     target = _setup(small)[0]
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                            target)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target
+    )
     step, restored = checkpoint.Checkpointer(tmp_path / "checkpoints").restore_latest(
-        abstract, None, meta)
+        abstract, None, meta
+    )
     assert step == 1
     for new, old in zip(jax.tree.leaves(restored), jax.tree.leaves(saved_state)):
         assert new.sharding.mesh.devices.size == 2

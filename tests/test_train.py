@@ -22,11 +22,19 @@ from eofm.train import checkpoint, loop
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "--config=configs/pretrain/mae.py:tiny",
-    "--config.model.embed_dim=64", "--config.model.depth=2", "--config.model.num_heads=2",
-    "--config.model.decoder_dim=32", "--config.model.decoder_depth=1",
-    "--config.model.decoder_heads=2", "--config.data.image_size=32", "--config.batch_size=8",
-    "--config.total_steps=10", "--config.warmup_steps=2", "--config.log_every=1",
-    "--config.checkpoint.every_steps=3", "--config.peak_flops=1e11",
+    "--config.model.embed_dim=64",
+    "--config.model.depth=2",
+    "--config.model.num_heads=2",
+    "--config.model.decoder_dim=32",
+    "--config.model.decoder_depth=1",
+    "--config.model.decoder_heads=2",
+    "--config.data.image_size=32",
+    "--config.batch_size=8",
+    "--config.total_steps=10",
+    "--config.warmup_steps=2",
+    "--config.log_every=1",
+    "--config.checkpoint.every_steps=3",
+    "--config.peak_flops=1e11",
 ]
 
 
@@ -38,8 +46,14 @@ def prepared(tmp_path_factory):
 
 
 def _cmd(workdir, prepared, *extra):
-    return [sys.executable, str(ROOT / "pretrain" / "main.py"), *TINY,
-            f"--config.data.prepared_dir={prepared}", f"--workdir={workdir}", *extra]
+    return [
+        sys.executable,
+        str(ROOT / "pretrain" / "main.py"),
+        *TINY,
+        f"--config.data.prepared_dir={prepared}",
+        f"--workdir={workdir}",
+        *extra,
+    ]
 
 
 def _env():
@@ -49,8 +63,14 @@ def _env():
 
 
 def _run(workdir, prepared, *extra, check=True):
-    result = subprocess.run(_cmd(workdir, prepared, *extra), cwd=ROOT, env=_env(),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        _cmd(workdir, prepared, *extra),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -63,8 +83,14 @@ def _losses(workdir):
 
 def _interrupt(workdir, prepared, sig, after_step):
     """Starts a run and sends `sig` once it has logged `after_step`; returns its exit code."""
-    proc = subprocess.Popen(_cmd(workdir, prepared), cwd=ROOT, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cmd(workdir, prepared),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = Path(workdir) / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -157,23 +183,43 @@ def test_nan_loss_stops_with_step_and_tensors(tmp_path, prepared):
             return {"x": sample["s1"][0, 0, :1].repeat(4)}
 
     task = loop.Task(
-        name="tiny", variant="nan", make_model=_Tiny, loss_fn=loss_fn,
+        name="tiny",
+        variant="nan",
+        make_model=_Tiny,
+        loss_fn=loss_fn,
         make_dataset=lambda i, n: pipeline.make_dataset(
-            source, batch_size=8, seed=0, transforms=[ToXMap()], process_index=i,
-            process_count=n),
-        input_keys=("x",))
+            source, batch_size=8, seed=0, transforms=[ToXMap()], process_index=i, process_count=n
+        ),
+        input_keys=("x",),
+    )
     config = _config()
-    with pytest.raises(loop.NonFiniteLossError, match=r"loss is nan at step 1; non-finite"
-                                                      r" gradients in \['w"):
+    with pytest.raises(
+        loop.NonFiniteLossError,
+        match=r"loss is nan at step 1; non-finite"
+        r" gradients in \['w",
+    ):
         loop.train(config, tmp_path, task)
 
 
 def _config():
-    return ml_collections.ConfigDict(dict(
-        seed=0, batch_size=8, total_steps=3, warmup_steps=0, lr=1e-3, weight_decay=0.0,
-        b1=0.9, b2=0.95, grad_clip_norm=0.0, peak_flops=1e9, log_every=1,
-        mesh=dict(preset="dp"), data=dict(num_workers=0),
-        checkpoint=dict(every_steps=10, keep=1, keep_period=0)))
+    return ml_collections.ConfigDict(
+        dict(
+            seed=0,
+            batch_size=8,
+            total_steps=3,
+            warmup_steps=0,
+            lr=1e-3,
+            weight_decay=0.0,
+            b1=0.9,
+            b2=0.95,
+            grad_clip_norm=0.0,
+            peak_flops=1e9,
+            log_every=1,
+            mesh=dict(preset="dp"),
+            data=dict(num_workers=0),
+            checkpoint=dict(every_steps=10, keep=1, keep_period=0),
+        )
+    )
 
 
 def test_check_same_model_names_the_difference(tmp_path):
@@ -186,6 +232,7 @@ def test_check_same_model_names_the_difference(tmp_path):
 
 def _free_port():
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -194,11 +241,25 @@ def _free_port():
 def test_two_processes_train_together(prepared, tmp_path):
     """Two JAX processes on 127.0.0.1 (gloo CPU collectives) run the same data-parallel steps."""
     port = _free_port()
-    procs = [subprocess.Popen(
-        _cmd(tmp_path, prepared, "--config.total_steps=4", "--config.checkpoint.every_steps=2",
-             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"),
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            _cmd(
+                tmp_path,
+                prepared,
+                "--config.total_steps=4",
+                "--config.checkpoint.every_steps=2",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            cwd=ROOT,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     deadline = time.time() + 240
     while time.time() < deadline and any(p.poll() is None for p in procs):
         if any(p.poll() not in (None, 0) for p in procs):
@@ -211,8 +272,12 @@ def test_two_processes_train_together(prepared, tmp_path):
     for proc, (_, err) in zip(procs, results):
         assert proc.returncode == 0, err[-3000:]
     outs = [out for out, _ in results]
-    finals = [line.split("loss ")[-1] for out in outs for line in out.splitlines()
-              if "finished at loss" in line]
+    finals = [
+        line.split("loss ")[-1]
+        for out in outs
+        for line in out.splitlines()
+        if "finished at loss" in line
+    ]
     assert len(finals) == 2 and finals[0] == finals[1], outs
     assert "process 0/2" in outs[0] and "process 1/2" in outs[1]
     assert sorted(_losses(tmp_path)) == [1, 2, 3, 4]  # process 0 logs every step

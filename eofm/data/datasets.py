@@ -12,15 +12,22 @@ import io
 import json
 import os
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from eofm import sensors as sensors_lib
 from eofm.data import raster
-from eofm.data.sources import BandFilesItem, BandFilesSource, GeoTiffSource, find_band_files
+from eofm.data.sources import (
+    BandFilesItem,
+    BandFilesSource,
+    GeoTiffSource,
+    band_nodata,
+    find_band_files,
+)
 from eofm.data.spec import SensorSpec, check_band_count, image_and_mask, valid_key
 
 # ---------------------------------------------------------------------------------------------
@@ -357,6 +364,326 @@ def geotiff_folder(
 
 
 # ---------------------------------------------------------------------------------------------
+# Dense reference masks: Sen1Floods11 water, Landsat bi-temporal change
+
+IGNORE_INDEX = -1
+
+
+class MaskedRasterSource:
+    """Co-registered multi-band rasters plus a dense reference mask, one example each.
+
+    Item: `{key: f32[H, W, C], key_valid: bool[H, W, C]` for each image key, `"mask": int32[H, W],
+    "id": str}`. The image keys of example `i` are read by one-file `GeoTiffSource`s, so their
+    sensor may differ between examples: `spec_of(i)` gives that example's specs, `specs` those of
+    example 0. `mask` holds indices into `label_names["mask"]`, or `ignore_index` where there is no
+    reference. The mask is kept as the reference gives it: a labelled pixel whose image bands are
+    all invalid stays labelled, so losses and metrics must combine `mask != ignore_index` with the
+    `<key>_valid` masks.
+
+    Args:
+      ids: one id per example.
+      images: per example, image key -> `GeoTiffSource` over exactly one file.
+      mask_files: per example, the files `read_mask` turns into the mask.
+      read_mask: `(files, id) -> int32[H, W]`; a module-level function, so the source pickles.
+    """
+
+    ignore_index = IGNORE_INDEX
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        images: Sequence[Mapping[str, GeoTiffSource]],
+        mask_files: Sequence[Sequence[str]],
+        read_mask: Callable[[Sequence[str], str], np.ndarray],
+        label_names: Sequence[str],
+    ):
+        if not len(ids) == len(images) == len(mask_files):
+            raise ValueError(f"{len(ids)} ids, {len(images)} images and {len(mask_files)} masks")
+        if not ids:
+            raise ValueError("no examples")
+        self.ids = list(ids)
+        self.images = [dict(example) for example in images]
+        self.mask_files = [tuple(os.fspath(f) for f in files) for files in mask_files]
+        self.read_mask = read_mask
+        self.label_names = {"mask": list(label_names)}
+
+    def spec_of(self, index: int) -> dict[str, SensorSpec]:
+        """Image key -> SensorSpec of example `index`."""
+        return {key: source.specs[key] for key, source in self.images[index].items()}
+
+    @property
+    def specs(self) -> dict[str, SensorSpec]:
+        return self.spec_of(0)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        example_id = self.ids[index]
+        sample: dict[str, Any] = {"id": example_id}
+        for key, source in self.images[index].items():
+            part = source[0]
+            sample[key], sample[valid_key(key)] = part[key], part[valid_key(key)]
+        mask = self.read_mask(self.mask_files[index], example_id)
+        shapes = {key: sample[key].shape[:2] for key in self.images[index]}
+        if any(hw != mask.shape for hw in shapes.values()):
+            raise ValueError(
+                f"{example_id}: reference mask is {mask.shape} but images are {shapes}"
+                f" (mask files {', '.join(self.mask_files[index])})"
+            )
+        sample["mask"] = mask
+        return sample
+
+    def __repr__(self) -> str:
+        return f"MaskedRasterSource({len(self)} examples, {self.specs}, {self.label_names})"
+
+
+def _read_png(path: str) -> np.ndarray:
+    """A single-band PNG (or other Pillow-readable image) as [H, W] in its own dtype."""
+    with Image.open(path) as image:
+        array = np.asarray(image)
+    if array.ndim != 2:
+        raise ValueError(f"{path}: expected a single-band image, got shape {array.shape}")
+    return array
+
+
+def _one_file(folder: Path, pattern: str) -> Path:
+    matches = sorted(folder.glob(pattern))
+    if len(matches) != 1:
+        raise FileNotFoundError(
+            f"{folder}: expected one file matching {pattern!r}, found {matches}"
+        )
+    return matches[0]
+
+
+SEN1FLOODS11_CITATION = (
+    "Bonafilia et al., Sen1Floods11: a georeferenced dataset to train and test deep learning flood"
+    " algorithms for Sentinel-1, CVPR Workshops 2020. Licence: not stated upstream (unverified)."
+    " Contains modified Copernicus Sentinel data."
+)
+SEN1FLOODS11_CLASSES = ("no_water", "water")
+
+# Band order inside the S2Hand GeoTIFFs, established from the pixels (tests/test_datasets_eval.py):
+# ESA order. Channel 8 tracks B08 (r = 0.98), channel 10 has a median of 11 DN (B10, cirrus) and
+# channel 12 tracks channel 11 (B12 vs B11, r = 0.96); the files' band descriptions agree.
+SEN1FLOODS11_S2_FILE_BANDS = sensors_lib.get_sensor("sentinel2_l1c").band_names
+
+
+def _chip_files(root: Path, suffix: str) -> dict[str, Path]:
+    """Chip id -> file, for every `<chip>_<suffix>.tif` under `root` (any depth)."""
+    out: dict[str, Path] = {}
+    for path in sorted(root.rglob(f"*_{suffix}.tif")):
+        chip = path.name.removesuffix(f"_{suffix}.tif")
+        if chip in out:
+            raise ValueError(f"chip {chip}: two {suffix} files, {out[chip]} and {path}")
+        out[chip] = path
+    return out
+
+
+def _read_sen1floods11_label(files: Sequence[str], chip: str) -> np.ndarray:
+    (path,) = files
+    array, _ = raster.read_raster(path, expected_bands=1)
+    mask = array[..., 0].astype(np.int32)
+    unexpected = np.setdiff1d(mask, (IGNORE_INDEX, 0, 1))
+    if unexpected.size:
+        raise ValueError(
+            f"{path} (chip {chip}): label values {unexpected.tolist()} are not -1 (nodata),"
+            " 0 (no water) or 1 (water)"
+        )
+    return mask
+
+
+def sen1floods11(
+    root: str | os.PathLike,
+    *,
+    s1_key: str = "s1",
+    s2_key: str = "s2",
+    bands: Sequence[str] | None = None,
+) -> MaskedRasterSource:
+    """Sen1Floods11 hand-labelled chips: Sentinel-1 + Sentinel-2 L1C + water mask, 512x512, 10 m.
+
+    Every chip with all of `<chip>_S1Hand.tif` (VV, VH sigma0 in dB, float32, NaN = nodata),
+    `<chip>_S2Hand.tif` (13 bands, L1C TOA reflectance x 1e4, int16, ESA order) and
+    `<chip>_LabelHand.tif` (-1 nodata, 0 no water, 1 water) anywhere under `root` is one example
+    with id `<chip>`. `bands` picks Sentinel-2 bands (default all 13, ESA order). "mask" is
+    int32[H, W] with `ignore_index` = -1 where the label is nodata.
+    """
+    root = Path(root)
+    s1, s2, labels = (_chip_files(root, s) for s in ("S1Hand", "S2Hand", "LabelHand"))
+    chips = sorted(s1.keys() & s2.keys() & labels.keys())
+    if not chips:
+        raise FileNotFoundError(
+            f"{root}: no chip has all of <chip>_S1Hand.tif, <chip>_S2Hand.tif, <chip>_LabelHand.tif"
+        )
+    s1_spec = SensorSpec.full("sentinel1_grd")
+    s2_spec = (
+        SensorSpec("sentinel2_l1c", tuple(bands)) if bands else SensorSpec.full("sentinel2_l1c")
+    )
+    images = [
+        {
+            s1_key: GeoTiffSource([s1[c]], s1_spec, key=s1_key),
+            s2_key: GeoTiffSource(
+                [s2[c]], s2_spec, key=s2_key, file_bands=SEN1FLOODS11_S2_FILE_BANDS
+            ),
+        }
+        for c in chips
+    ]
+    return MaskedRasterSource(
+        chips,
+        images,
+        [[labels[c]] for c in chips],
+        _read_sen1floods11_label,
+        SEN1FLOODS11_CLASSES,
+    )
+
+
+LANDSAT_CD_CITATION = (
+    "Wu, Du and Zhang, Slow feature analysis for change detection in multispectral imagery, IEEE"
+    " TGRS 2014; Du et al., Unsupervised deep slow feature analysis for change detection in"
+    " multi-temporal remote sensing images, IEEE TGRS 2019. Landsat imagery: USGS, public domain;"
+    " reference maps: no explicit licence."
+)
+LANDSAT_CD_CLASSES = ("unchanged", "changed")
+LANDSAT_CD_SENSORS = {"Taizhou": "landsat7_etm", "Nanjing": "landsat5_tm"}
+LANDSAT_CD_BANDS = ("B1", "B2", "B3", "B4", "B5", "B7")
+
+
+def _read_change_reference(files: Sequence[str], site: str) -> np.ndarray:
+    """int32[H, W]: 1 where `files[0]` (changed) is 255, 0 where `files[1]` (unchanged) is, else -1."""
+    changed, unchanged = (_read_png(f) == 255 for f in files)
+    if changed.shape != unchanged.shape:
+        raise ValueError(
+            f"{site}: {files[0]} is {changed.shape} but {files[1]} is {unchanged.shape}"
+        )
+    both = changed & unchanged
+    if both.any():
+        raise ValueError(
+            f"{site}: {int(both.sum())} pixels are labelled both changed ({files[0]}) and"
+            f" unchanged ({files[1]})"
+        )
+    mask = np.full(changed.shape, IGNORE_INDEX, np.int32)
+    mask[unchanged] = 0
+    mask[changed] = 1
+    return mask
+
+
+def landsat_change(
+    root: str | os.PathLike,
+    *,
+    sites: Sequence[str] = ("Taizhou", "Nanjing"),
+    key1: str = "t1",
+    key2: str = "t2",
+) -> MaskedRasterSource:
+    """Taizhou / Nanjing bi-temporal Landsat change pairs, 30 m, 8-bit DN, bands B1-B5 and B7.
+
+    Taizhou: Landsat-7 ETM+ 2000 vs 2003, 400x400; Nanjing: Landsat-5 TM 2000 vs 2002, 800x800.
+    Layout `root/<site>/{t1_*.tif, t2_*.tif, change.png, unchanged.png}`; in the PNGs 255 marks a
+    reference pixel. One example per site (id = site). "mask" is int32[H, W]: 1 changed,
+    0 unchanged, `ignore_index` = -1 unlabelled. The sensor differs by site: use `spec_of(i)`.
+    """
+    root = Path(root)
+    unknown = [s for s in sites if s not in LANDSAT_CD_SENSORS]
+    if unknown:
+        raise ValueError(
+            f"unknown Landsat change sites {unknown}; expected {list(LANDSAT_CD_SENSORS)}"
+        )
+    images, masks = [], []
+    for site in sites:
+        folder = root / site
+        spec = SensorSpec(LANDSAT_CD_SENSORS[site], LANDSAT_CD_BANDS)
+        images.append(
+            {
+                key: GeoTiffSource([_one_file(folder, f"{stem}_*.tif")], spec, key=key)
+                for key, stem in ((key1, "t1"), (key2, "t2"))
+            }
+        )
+        masks.append([_one_file(folder, "change.png"), _one_file(folder, "unchanged.png")])
+    return MaskedRasterSource(sites, images, masks, _read_change_reference, LANDSAT_CD_CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------
+# EuroSAT RGB
+
+
+_PILLOW_MODES = {1: "L", 3: "RGB"}
+
+
+class ImageFileSource:
+    """One 8-bit image file read with Pillow per example (JPEG, PNG): `{key: f32[H, W, C] in DN,
+    key_valid, "id": path, "label"}`. The file's mode must match the spec ("RGB" for 3 bands)."""
+
+    def __init__(
+        self,
+        files: Sequence[str | os.PathLike],
+        spec: SensorSpec,
+        *,
+        key: str = "image",
+        labels: Sequence[Any] | None = None,
+        label_names: Sequence[str] | None = None,
+    ):
+        if labels is not None and len(labels) != len(files):
+            raise ValueError(f"{len(labels)} labels for {len(files)} files")
+        self.files = [os.fspath(f) for f in files]
+        self.specs = {key: spec}
+        self.key = key
+        self.mode = _PILLOW_MODES.get(len(spec.bands))
+        if self.mode is None:
+            raise ValueError(f"{spec}: 8-bit images here have 1 or 3 bands, not {len(spec.bands)}")
+        self.labels = None if labels is None else list(labels)
+        self.label_names = None if label_names is None else {"label": list(label_names)}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.files[index]
+        with Image.open(path) as image:
+            if image.mode != self.mode:
+                raise ValueError(f"{path}: image mode {image.mode}, expected {self.mode}")
+            array = np.asarray(image).reshape(image.height, image.width, -1)
+        spec = self.specs[self.key]
+        nodata = band_nodata(spec, [None] * len(spec.bands))
+        image, valid = image_and_mask(array, nodata, where=path)
+        sample = {self.key: image, valid_key(self.key): valid, "id": path}
+        if self.labels is not None:
+            sample["label"] = np.asarray(self.labels[index])
+        return sample
+
+    def __repr__(self) -> str:
+        return f"ImageFileSource({len(self)} files, {self.specs[self.key]})"
+
+
+def eurosat_rgb(
+    root: str | os.PathLike, *, split: str | None = None, key: str = "rgb"
+) -> ImageFileSource:
+    """EuroSAT RGB: 64x64 JPEGs (red, green, blue DN 0..255 from Sentinel-2 B04, B03, B02).
+
+    `root` holds `labels.csv` with columns path (or rgb_path, which wins: the EuroSAT-MS folder
+    lists each patch's JPEG there), class_name, class_index and optionally split. Labels index
+    `EUROSAT_CLASSES`, the same as `eurosat_ms`.
+    """
+    root = Path(root)
+    rows = _read_csv(root / "labels.csv")
+    if split is not None:
+        if rows and "split" not in rows[0]:
+            raise ValueError(f"{root / 'labels.csv'} has no split column")
+        rows = [r for r in rows if r["split"] == split]
+    wrong = [r for r in rows if EUROSAT_CLASSES[int(r["class_index"])] != r["class_name"]]
+    if wrong:
+        raise ValueError(
+            f"{root / 'labels.csv'}: class_index disagrees with EUROSAT_CLASSES for {wrong[:3]}"
+        )
+    column = "rgb_path" if rows and "rgb_path" in rows[0] else "path"
+    return ImageFileSource(
+        [root / r[column] for r in rows],
+        SensorSpec.full("rgb"),
+        key=key,
+        labels=[int(r["class_index"]) for r in rows],
+        label_names=EUROSAT_CLASSES,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 
 SOURCES: dict[str, Callable[..., Any]] = {
     "eurosat_ms": eurosat_ms,
@@ -364,6 +691,9 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "bigearthnet_folders": bigearthnet_folders,
     "ssl4eo_s12": ssl4eo_s12,
     "geotiff_folder": geotiff_folder,
+    "sen1floods11": sen1floods11,
+    "landsat_change": landsat_change,
+    "eurosat_rgb": eurosat_rgb,
 }
 
 
@@ -372,6 +702,9 @@ CITATIONS = {
     "bigearthnet_s1s2": BIGEARTHNET_CITATION,
     "bigearthnet_folders": BIGEARTHNET_CITATION,
     "ssl4eo_s12": SSL4EO_CITATION,
+    "sen1floods11": SEN1FLOODS11_CITATION,
+    "landsat_change": LANDSAT_CD_CITATION,
+    "eurosat_rgb": EUROSAT_CITATION,
 }
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -30,17 +31,59 @@ from eofm.models import smarties, spectralgpt
 from eofm.train import loop, pretrain
 
 
+# (model, images f32[B, S, S, C] normalised) -> pooled features [B, D]
+PooledFn = Callable[[nnx.Module, jax.Array], jax.Array]
+# (model, images, taps) -> one feature grid [B, S/p, S/p, D] per tapped block
+LevelsFn = Callable[[nnx.Module, jax.Array, Sequence[int]], list[jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Adapter:
+    """How the encoder reads images of one sensor (bands matched by name)."""
+
+    pooled: PooledFn
+    levels: LevelsFn
+    missing_bands: tuple[str, ...]  # bands the encoder wanted that the data lacks (zero-filled)
+
+
 @dataclasses.dataclass
-class FrozenEncoder:
-    """Pooled features [B, D] of one image key, plus what the encoder expects of its input."""
+class Encoder:
+    """A pretrained (or random) encoder, what it expects of its input, and how to finetune it."""
 
     name: str
     variant: str
     step: int | None  # checkpoint step; None for a random init
-    image_size: int  # native input size (inputs are resized to it)
+    image_size: int  # native input size (inputs are resized, or windowed, to it)
     normalization: str  # the pretraining normalisation method
-    features: Callable[[jax.Array], jax.Array]  # f32[B, S, S, C] (normalised) -> [B, D]
-    missing_bands: tuple[str, ...]  # bands the encoder wanted that the data lacks (zero-filled)
+    model: nnx.Module  # the whole pretraining model; encoding uses the `encoding_params` part
+    encoding_params: str  # regex of the parameter paths that encoding reads
+    depth: int  # transformer blocks of the encoder
+    patch_size: int
+    embed_dim: int
+    trained_specs: dict[str, SensorSpec]  # the inputs it was pretrained on
+
+    def adapt(self, spec: SensorSpec) -> Adapter:
+        """The adapter for images of `spec`; raises if the encoder needs bands the data lacks."""
+        return _ADAPTERS[self.name](self, spec)
+
+    def features(self, spec: SensorSpec) -> Callable[[jax.Array], jax.Array]:
+        """Jitted frozen pooled features: images f32[B, S, S, C] -> [B, D]."""
+        pooled = self.adapt(spec).pooled
+        return jax.jit(lambda x: pooled(self.model, x))
+
+    def default_taps(self) -> tuple[int, ...]:
+        """Four blocks at 1/3, 1/2, 2/3 and the end of the depth ([3, 5, 7, 11] for 12 blocks,
+        the PANGAEA choice)."""
+        return tuple(max(0, round(self.depth * f) - 1) for f in (1 / 3, 1 / 2, 2 / 3, 1))
+
+    def layer_of(self, path: str) -> int:
+        """LLRD layer id of an encoder parameter path: embeddings 0, block i -> i + 1, the final
+        norm -> depth + 1."""
+        if m := re.search(r"(?:^|/)blocks/(\d+)/", path):
+            return int(m.group(1)) + 1
+        if re.search(r"(?:^|/)norm/", path):
+            return self.depth + 1
+        return 0
 
 
 def _load_config_file(ref: str) -> ml_collections.ConfigDict:
@@ -63,8 +106,8 @@ def _run_config(workdir: Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(meta["config"])
 
 
-def load_encoder(ref: str, key: str, spec: SensorSpec) -> FrozenEncoder:
-    """Builds the frozen encoder `ref` for images of `spec` (sample key `key`)."""
+def load_encoder(ref: str) -> Encoder:
+    """Builds the encoder `ref` (a pretraining workdir or `random:CONFIG[:VARIANT]`)."""
     if ref.startswith("random:"):
         config = _load_config_file(ref[len("random:") :])
         # The pretraining data is only read for its band layout: prepare it in a scratch folder.
@@ -73,22 +116,31 @@ def load_encoder(ref: str, key: str, spec: SensorSpec) -> FrozenEncoder:
             step = None
             with nnx.use_eager_sharding(False):
                 model = task.make_model(nnx.Rngs(config.seed))
-            features, missing = _features(config, model, key, spec, Path(scratch))
+            trained = pretrain.input_specs(config, pretrain.prepared_source(config, Path(scratch)))
     else:
         workdir = Path(ref)
         config = _run_config(workdir)
         config.data.prepared_dir = config.data.prepared_dir or str(workdir / "data")
         task = pretrain.build_task(config, workdir)
         step, model = loop.restore_model(config, workdir, task)
-        features, missing = _features(config, model, key, spec, workdir)
-    return FrozenEncoder(
-        config.model_name,
-        config.variant,
-        step,
-        config.data.image_size,
-        config.data.normalization,
-        jax.jit(features),
-        missing,
+        trained = pretrain.input_specs(config, pretrain.prepared_source(config, workdir))
+    name = config.model_name
+    if name not in _ADAPTERS:
+        raise ValueError(f"no encoder adapter for model {name!r}; known: {sorted(_ADAPTERS)}")
+    vit = {"smarties": lambda m: m.cfg.mae.encoder, "mae": lambda m: m.cfg.encoder}
+    cfg = vit[name](model) if name in vit else model.cfg
+    return Encoder(
+        name=name,
+        variant=config.variant,
+        step=step,
+        image_size=config.data.image_size,
+        normalization=config.data.normalization,
+        model=model,
+        encoding_params=_ENCODING_PARAMS[name],
+        depth=cfg.depth,
+        patch_size=cfg.patch_size,
+        embed_dim=cfg.embed_dim,
+        trained_specs=dict(trained),
     )
 
 
@@ -101,27 +153,68 @@ def _pick(spec: SensorSpec, bands, what: str) -> list[int]:
     return [spec.bands.index(b) for b in bands]
 
 
-def _features(config, model, key: str, spec: SensorSpec, workdir: Path):
-    name = config.model_name
-    if name == "smarties":
-        view = smarties.View.of(spec, model.cfg)
-        return (lambda x: model.encode(x, view)[1]), ()
-    if name == "spectralgpt":
-        idx = _pick(spec, spectralgpt.BANDS, "SpectralGPT")
-        return (lambda x: model.encode(x[..., idx])[1]), ()
-    if name == "croma":
-        optical_key = config.data.sensors[0]
-        bands = pretrain.input_specs(config, pretrain.prepared_source(config, workdir))[
-            optical_key
-        ].bands
-        idx = _pick(spec, bands, "CROMA's optical encoder")
-        return (lambda x: model.encode(optical=x[..., idx])["optical"][1]), ()
-    if name == "mae":
-        trained = pretrain.input_specs(config, pretrain.prepared_source(config, workdir))
-        wanted = [b for s in trained.values() for b in s.bands]
-        source_idx = [spec.bands.index(b) if b in spec.bands else -1 for b in wanted]
-        missing = tuple(b for b, i in zip(wanted, source_idx) if i < 0)
-        gather = np.maximum(np.asarray(source_idx), 0)
-        present = jnp.asarray(np.asarray(source_idx) >= 0, jnp.float32)
-        return (lambda x: model.encoder(x[..., gather] * present)[:, 0]), missing
-    raise ValueError(f"no frozen-encoder adapter for model {name!r}")
+def _vit_grids(tokens: list[jax.Array], images: jax.Array, patch: int) -> list[jax.Array]:
+    """Drops CLS and lays tokens [B, 1 + L, D] out on the patch grid [B, H/p, W/p, D]."""
+    h, w = images.shape[1] // patch, images.shape[2] // patch
+    return [t[:, 1:].reshape(t.shape[0], h, w, t.shape[-1]) for t in tokens]
+
+
+def _smarties(encoder: Encoder, spec: SensorSpec) -> Adapter:
+    view = smarties.View.of(spec, encoder.model.cfg)
+
+    def levels(model, x, taps):
+        tokens = model.encoder.embed_patches(x, weights=view.weights)
+        return _vit_grids(model.encoder.tapped_tokens(tokens, taps), x, encoder.patch_size)
+
+    return Adapter(lambda model, x: model.encode(x, view)[1], levels, ())
+
+
+def _spectralgpt(encoder: Encoder, spec: SensorSpec) -> Adapter:
+    idx = _pick(spec, spectralgpt.BANDS, "SpectralGPT")
+    return Adapter(
+        lambda model, x: model.encode(x[..., idx])[1],
+        lambda model, x, taps: model.tapped_grids(x[..., idx], taps),
+        (),
+    )
+
+
+def _croma(encoder: Encoder, spec: SensorSpec) -> Adapter:
+    optical = next(iter(encoder.trained_specs.values()))  # the optical sensor comes first
+    idx = _pick(spec, optical.bands, "CROMA's optical encoder")
+    return Adapter(
+        lambda model, x: model.encode(optical=x[..., idx])["optical"][1],
+        lambda model, x, taps: model.optical.tapped_grids(x[..., idx], taps),
+        (),
+    )
+
+
+def _mae(encoder: Encoder, spec: SensorSpec) -> Adapter:
+    wanted = [b for s in encoder.trained_specs.values() for b in s.bands]
+    source_idx = np.asarray([spec.bands.index(b) if b in spec.bands else -1 for b in wanted])
+    missing = tuple(b for b, i in zip(wanted, source_idx) if i < 0)
+    gather = np.maximum(source_idx, 0)
+    present = jnp.asarray(source_idx >= 0, jnp.float32)
+
+    def fill(x):
+        return x[..., gather] * present
+
+    def levels(model, x, taps):
+        tokens = model.encoder.tapped_tokens(model.encoder.embed_patches(fill(x)), taps)
+        return _vit_grids(tokens, x, encoder.patch_size)
+
+    return Adapter(lambda model, x: model.encoder(fill(x))[:, 0], levels, missing)
+
+
+_ADAPTERS: dict[str, Callable[[Encoder, SensorSpec], Adapter]] = {
+    "smarties": _smarties,
+    "spectralgpt": _spectralgpt,
+    "croma": _croma,
+    "mae": _mae,
+}
+# Parameter paths (in the model state) that encoding reads: finetuning updates only these.
+_ENCODING_PARAMS = {
+    "smarties": r"^encoder/",
+    "mae": r"^encoder/",
+    "spectralgpt": r"^(patch_embed|pos|blocks|norm)/",
+    "croma": r"^optical/",
+}

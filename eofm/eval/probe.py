@@ -36,22 +36,22 @@ def stratified_split(
 
 
 def extract_features(
-    encoder: encoders.FrozenEncoder,
+    features,
     source,
     key: str,
     indices: np.ndarray,
     norm: normalize.Normalize,
+    size: int,
     batch_size: int,
 ) -> np.ndarray:
-    """Pooled features [N, D] of `source[indices][key]`, normalised and resized."""
-    size = encoder.image_size
+    """Pooled `features` [N, D] of `source[indices][key]`, normalised and resized to `size`."""
     out = []
     for start in range(0, len(indices), batch_size):
         images = []
         for i in indices[start : start + batch_size]:
             x = norm.map(source[int(i)])[key]
             images.append(augment.crop_resize(x, (0.0, 0.0, 1.0, 1.0), (size, size), nearest=False))
-        out.append(np.asarray(encoder.features(np.stack(images))))
+        out.append(np.asarray(features(np.stack(images))))
     return np.concatenate(out)
 
 
@@ -67,7 +67,8 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[st
     spec = source.specs[key]
     labels = np.asarray([int(source[i]["label"]) for i in range(len(source))])
     train, test = stratified_split(labels, config.test_fraction, config.seed)
-    encoder = encoders.load_encoder(config.encoder, key, spec)
+    encoder = encoders.load_encoder(config.encoder)
+    features = encoder.features(spec)
     band_stats = {
         key: {
             "sensor": spec.sensor,
@@ -79,8 +80,9 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[st
     }
     method = config.data.normalization or encoder.normalization
     norm = normalize.Normalize({key: spec}, method, band_stats)
-    feats_train = extract_features(encoder, source, key, train, norm, config.batch_size)
-    feats_test = extract_features(encoder, source, key, test, norm, config.batch_size)
+    size, batch = encoder.image_size, config.batch_size
+    feats_train = extract_features(features, source, key, train, norm, size, batch)
+    feats_test = extract_features(features, source, key, test, norm, size, batch)
     num_classes = len(source.label_names["label"])
     if config.probe == "knn":
         pred, _ = knn.knn_predict(
@@ -117,7 +119,7 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[st
             "model": encoder.name,
             "variant": encoder.variant,
             "checkpoint_step": encoder.step,
-            "zero_filled_bands": encoder.missing_bands,
+            "zero_filled_bands": encoder.adapt(spec).missing_bands,
         },
         "data": {
             "source": config.data.source,

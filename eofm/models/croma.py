@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -89,17 +90,27 @@ class _Encoder(nnx.Module):
         )
         self.norm = layers.layer_norm(cfg.embed_dim, eps=LN_EPS, **kw)
 
-    def __call__(self, images: jax.Array, keep: jax.Array | None = None) -> jax.Array:
-        """images [B, H, W, C] -> [B, L or K, D]; `keep` int [B, K] selects visible patches."""
+    def _embed(self, images: jax.Array, keep: jax.Array | None):
+        """(tokens [B, L or K, D], ALiBi bias, patch grid) of images [B, H, W, C]."""
         p = self.patch_size
         grid = (images.shape[1] // p, images.shape[2] // p)
         x = self.embed(patch_vectors(images.astype(jnp.float32), p))
         if keep is not None:
             x = jnp.take_along_axis(x, keep[..., None], axis=1)
-        bias = layers.alibi_2d_bias(grid, self.num_heads, keep, keep)
+        return x, layers.alibi_2d_bias(grid, self.num_heads, keep, keep), grid
+
+    def __call__(self, images: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+        """images [B, H, W, C] -> [B, L or K, D]; `keep` int [B, K] selects visible patches."""
+        x, bias, _ = self._embed(images, keep)
         for block in self.blocks:
             x = block(x, bias)
         return self.norm(x)
+
+    def tapped_grids(self, images: jax.Array, taps: Sequence[int]) -> list[jax.Array]:
+        """Dense features: outputs of blocks `taps`.  [B, H, W, C] -> one [B, H/p, W/p, D] each."""
+        x, bias, grid = self._embed(images, None)
+        levels = layers.tapped_blocks(self.blocks, x, taps, self.norm, bias)
+        return [t.reshape(t.shape[0], *grid, t.shape[-1]) for t in levels]
 
 
 class _JointLayer(nnx.Module):

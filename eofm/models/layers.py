@@ -17,6 +17,7 @@ Initialisation follows MAE: xavier-uniform Linear kernels, zero biases, LayerNor
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -179,6 +180,32 @@ class Block(nnx.Module):
 def block_stack(depth: int, dim: int, num_heads: int, **block_kwargs) -> nnx.List:
     """`depth` transformer `Block`s of width `dim`, as an nnx.List (parameters blocks/0, ...)."""
     return nnx.List([Block(dim, num_heads, **block_kwargs) for _ in range(depth)])
+
+
+def tapped_blocks(
+    blocks: Sequence[nnx.Module],
+    x: jax.Array,
+    taps: Sequence[int],
+    final_norm: Callable[[jax.Array], jax.Array],
+    *block_args,
+) -> list[jax.Array]:
+    """Outputs of blocks `taps` (0-based, any order, repeats allowed), for dense heads.
+
+    Runs the blocks up to the deepest tap; the output of the last block of the stack gets
+    `final_norm` (so that tap equals the encoder's output), the others are raw residual streams.
+    Args: x [B, L, D]; block_args are passed to every block (e.g. an attention bias).
+    Returns: one [B, L, D] per tap, in `taps` order.
+    """
+    depth = len(blocks)
+    bad = [t for t in taps if not 0 <= t < depth]
+    if bad:
+        raise ValueError(f"taps {bad} outside the {depth} blocks of the encoder")
+    out = {}
+    for i in range(max(taps) + 1):
+        x = blocks[i](x, *block_args)
+        if i in taps:
+            out[i] = final_norm(x) if i == depth - 1 else x
+    return [out[t] for t in taps]
 
 
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:

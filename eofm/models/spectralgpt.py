@@ -18,6 +18,7 @@ row, col) order; no norm-pix. Loss = L1 + L2 with
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -190,6 +191,13 @@ class SpectralGPT(nnx.Module):
         """The Encoder API: all cubes, unmasked.  -> (tokens [B, L, D], pooled mean [B, D])."""
         tokens = self.encode_tokens(self.embed(images))
         return tokens, jnp.mean(tokens, axis=1)
+
+    def tapped_grids(self, images: jax.Array, taps: Sequence[int]) -> list[jax.Array]:
+        """Dense features: outputs of blocks `taps`, averaged over the spectral groups.
+        [B, S, S, 12] -> one [B, S/p, S/p, D] per tap."""
+        b, s = images.shape[0], self.cfg.image_size // self.cfg.patch_size
+        levels = layers.tapped_blocks(self.blocks, self.embed(images), taps, self.norm)
+        return [t.reshape(b, -1, s, s, t.shape[-1]).mean(axis=1) for t in levels]
 
     def __call__(
         self, images: jax.Array, *, rng: jax.Array

@@ -6,6 +6,7 @@ Shapes: B batch, H x W image pixels, C channels, p patch side, L = (H/p)(W/p) pa
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -104,12 +105,20 @@ class ViTEncoder(nnx.Module):
         Returns:
           [B, 1 + N, D] in `dtype`; index 0 is CLS.
         """
-        x = x.astype(self.cfg.dtype)
-        cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
-        x = jnp.concatenate([cls, x], axis=1)
+        x = self._with_cls(x)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
+
+    def tapped_tokens(self, x: jax.Array, taps: Sequence[int]) -> list[jax.Array]:
+        """`encode_tokens` stopped at blocks `taps`: one [B, 1 + N, D] per tap (CLS first); see
+        `layers.tapped_blocks`."""
+        return layers.tapped_blocks(self.blocks, self._with_cls(x), taps, self.norm)
+
+    def _with_cls(self, x: jax.Array) -> jax.Array:
+        x = x.astype(self.cfg.dtype)
+        cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+        return jnp.concatenate([cls, x], axis=1)
 
     def __call__(self, images: jax.Array) -> jax.Array:
         """images f32[B, H, W, C] -> tokens [B, 1 + L, D] (CLS first)."""
