@@ -1,10 +1,12 @@
-r"""Evaluates a frozen encoder on a downstream task.
+r"""Evaluates an encoder on a downstream task (configs/finetune/*.py).
 
   python finetune/main.py --config=configs/finetune/eurosat_ms_knn.py \
       --config.encoder=WORKDIR_OF_A_PRETRAINING_RUN --workdir=DIR
-  python finetune/main.py --config=configs/finetune/eurosat_ms_linear.py ...
+  python finetune/main.py --config=configs/finetune/sen1floods11_upernet.py ...
 
-Writes DIR/report.json and DIR/report.md and prints the report.
+`config.task` picks the runner: classification (knn, linear probe or finetuning, single- or
+multi-label) or segmentation / change_detection (a head on tapped encoder blocks). Every run writes
+DIR/report.json, DIR/report.md and PNG plots, and prints the metrics.
 """
 
 import json
@@ -13,18 +15,32 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from eofm.eval import probe
+from eofm.eval import classification, dense
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+
+RUNNERS = {
+    "classification": classification.run,
+    "segmentation": dense.run,
+    "change_detection": dense.run,
+}
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
-    report = probe.run_probe(_CONFIG.value, _WORKDIR.value)
-    print(json.dumps({k: report[k] for k in ("encoder", "data", "metrics")}, indent=2))
+    config = _CONFIG.value
+    if config.task not in RUNNERS:
+        raise app.UsageError(f"unknown task {config.task!r}; expected one of {sorted(RUNNERS)}")
+    result = RUNNERS[config.task](config, _WORKDIR.value)
+    summary = {k: result[k] for k in ("task", "encoder", "metrics")}
+    if result.get("robustness"):
+        summary["robustness"] = {
+            k: result["robustness"][k] for k in ("clean", "mean_corrupted", "abs_drop", "rel_drop")
+        }
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

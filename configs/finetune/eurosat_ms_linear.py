@@ -8,16 +8,12 @@ features; the weight decay is chosen on a quarter of the train split (log grid 1
 probe refitted on the whole train split. Reports OA, balanced accuracy and the chosen decay.
 """
 
-import importlib.util
-from pathlib import Path
+import ml_collections
+
+from eofm.eval import config as eval_config
 
 
-def get_config():
-    spec = importlib.util.spec_from_file_location(
-        "eurosat_ms_knn", Path(__file__).with_name("eurosat_ms_knn.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
-    c.probe = "linear"
+def get_config() -> ml_collections.ConfigDict:
+    c = eval_config.classification(method="linear")
+    c.data.update(source="eurosat_ms", source_args={"root": "../shared/data/eurosat_ms"}, key="s2")
     return c

@@ -47,6 +47,7 @@ reproducible.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable, Mapping
@@ -463,3 +464,33 @@ def batched(
         )
 
     return jax.vmap(one)(images, dict(masks), keys)
+
+
+@functools.partial(jax.jit, static_argnames=("name", "severity", "fill_label"))
+def corrupt_scaled(
+    name: str,
+    images: jax.Array,
+    severity: int,
+    keys: jax.Array,
+    lo: jax.Array,
+    hi: jax.Array,
+    masks: Mapping[str, jax.Array],
+    *,
+    fill_label: int | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`batched` on images in physical units whose bands have different ranges.
+
+    Each band is mapped to [0, 1] by its own (lo, hi), e.g. the train split's min and max,
+    corrupted, and mapped back; values outside (lo, hi) are clipped. Non-finite pixels are set to
+    lo first (mark them in a mask: geometric corruptions move masks with the image).
+
+    Args:
+      images: f32[B, H, W, C]; keys: B PRNG keys; lo, hi: [C]; masks: name -> [B, H, W, ...].
+    Returns:
+      (images f32[B, H, W, C], masks moved like the images).
+    """
+    lo, hi = jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
+    span = jnp.where(hi > lo, hi - lo, 1.0)
+    x = jnp.where(jnp.isfinite(images), (images - lo) / span, 0.0)
+    x, moved = batched(name, x, severity, keys, masks, fill_label=fill_label)
+    return x * span + lo, moved

@@ -30,6 +30,9 @@ def _vote(queries, bank, bank_labels, *, k, metric, num_classes, temperature):
         )
     top, idx = jax.lax.top_k(score, k)
     weights = jnp.exp(top / temperature) if temperature else jnp.ones_like(top)
+    if bank_labels.ndim == 2:  # multi-hot: the weighted fraction of neighbours with each label
+        votes = jnp.sum(bank_labels[idx] * weights[..., None], axis=1)
+        return votes / jnp.sum(weights, axis=1, keepdims=True)
     onehot = jax.nn.one_hot(bank_labels[idx], num_classes)
     return jnp.sum(onehot * weights[..., None], axis=1)
 
@@ -47,6 +50,9 @@ def knn_predict(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predicts classes of `features` [M, D] from a labelled bank [N, D], [N].
 
+    Multi-label: with multi-hot `train_labels` [N, K] the scores are, per class, the (weighted)
+    fraction of the k neighbours carrying it, in [0, 1]; threshold them (e.g. at 0.5) to predict.
+
     Args:
       temperature: cosine votes weighted by exp(s / T); None = majority vote. Ignored (majority)
         for the Euclidean metric.
@@ -58,7 +64,8 @@ def knn_predict(
     if not 0 < k <= len(train_features):
         raise ValueError(f"k={k} must lie in [1, {len(train_features)}] (the bank size)")
     bank = jnp.asarray(train_features, jnp.float32)
-    labels = jnp.asarray(train_labels, jnp.int32)
+    multilabel = np.ndim(train_labels) == 2
+    labels = jnp.asarray(train_labels, jnp.float32 if multilabel else jnp.int32)
     temp = temperature if metric == "cosine" else None
     votes = [
         np.asarray(

@@ -1,0 +1,75 @@
+"""Shared fields of the evaluation configs (configs/finetune/*.py fill in the data)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def robustness(corruptions: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """REOBench-style sweep: corruption names (("all",) = the twelve) x severities; () = off."""
+    return ml_collections.ConfigDict(dict(corruptions=corruptions, severities=(1, 2, 3, 4, 5)))
+
+
+def fit(
+    steps: int, lr: float, batch_size: int, *, finetune: bool = False
+) -> ml_collections.ConfigDict:
+    """Head training (eofm.eval.trainer.FitSettings) plus its batch size."""
+    return ml_collections.ConfigDict(
+        dict(
+            steps=steps,
+            lr=lr,
+            warmup_steps=max(1, steps // 10),
+            weight_decay=0.05,
+            finetune=finetune,
+            llrd=0.75,
+            log_every=25,
+            batch_size=batch_size,
+        )
+    )
+
+
+def _common(task: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = task
+    c.encoder = "random:configs/pretrain/smarties.py:tiny"
+    c.seed = 0
+    c.batch_size = 32  # inference batch
+    c.robustness = robustness()
+    return c
+
+
+def classification(method: str = "knn") -> ml_collections.ConfigDict:
+    """`method`: knn, linear or finetune (finetune.finetune=True trains the encoder with LLRD)."""
+    c = _common("classification")
+    c.method = method
+    c.data = ml_collections.ConfigDict(
+        dict(
+            source="",
+            source_args={},
+            key="",
+            normalization="",  # "" = the encoder's pretraining method
+            train_splits=(),  # with test_split: the source's own splits
+            test_split="",  # "" = a seeded (stratified) split with test_fraction in test
+        )
+    )
+    c.test_fraction = 1 / 3
+    c.knn = ml_collections.ConfigDict(dict(k=20, metric="cosine", temperature=0.07))
+    c.linear = ml_collections.ConfigDict(dict(val_fraction=0.25, steps=200))
+    c.finetune = fit(steps=200, lr=1e-3, batch_size=16)
+    return c
+
+
+def dense(task: str) -> ml_collections.ConfigDict:
+    """`segmentation` or `change_detection`: a head on tapped encoder blocks."""
+    c = _common(task)
+    c.data = ml_collections.ConfigDict(
+        dict(source="", source_args={}, inputs=(), normalization="", train_ids=(), test_ids=())
+    )
+    c.head = ml_collections.ConfigDict(
+        dict(kind="upernet", channels=128, taps=(), fusion="diff")  # taps () = encoder default
+    )
+    c.fit = fit(steps=300, lr=1e-3, batch_size=8)
+    c.window_stride = 0.5  # sliding-window stride, as a fraction of the window
+    c.test_region = ()  # (top, left, height, width) fractions held out inside the train scenes
+    c.num_overlays = 4
+    return c

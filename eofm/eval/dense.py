@@ -1,0 +1,444 @@
+"""Dense tasks on tapped encoder blocks: semantic segmentation and Siamese change detection.
+
+Protocol (PANGAEA-like):
+- Scenes come from a source whose items hold the image keys and a "mask" (int class per pixel,
+  -1 = nodata / unlabelled: never scored, never trained on).
+- Split: whole scenes (`data.train_ids` / `data.test_ids`), or a spatial hold-out `test_region`
+  (top, left, height, width as fractions) inside every scene; training windows never overlap it.
+- Normalisation: the encoder's pretraining method with per-band statistics of the training pixels
+  of each (key, sensor). A test scene of a sensor absent from training (e.g. Landsat 5 TM -> 7
+  ETM+) uses its own pixels' statistics, which needs no labels; the report says which was used.
+- Training: random windows of the encoder's native size (random 90-degree rotation and flip, the
+  same for every key and the mask), cross-entropy over labelled pixels only; the encoder frozen
+  (fit.finetune=True trains it with LLRD).
+- Inference: sliding windows of the native size with `window_stride` overlap, logits averaged;
+  scenes smaller than a window are padded by reflection.
+- Segmentation reports miou_macro, iou_micro, oa and mf1; change detection the change class's
+  precision, recall, f1 and iou over labelled pixels.
+- Change detection: one encoder applied to both dates (Siamese); per tapped level the grids are
+  fused by `diff` (after - before) or `concat`, then the head. Corruptions hit the second date only
+  (a misregistration, for the geometric ones), the reference stays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from eofm import sensors
+from eofm.data import datasets, normalize, stats
+from eofm.data.spec import SensorSpec, valid_key
+from eofm.eval import corruptions, encoders, heads, metrics, plots, report, trainer
+
+TASKS = ("segmentation", "change_detection")
+
+
+@dataclasses.dataclass
+class Scene:
+    """One scene: raw images {key: f32[H, W, C]}, validity, mask int32[H, W] (-1 ignored)."""
+
+    id: str
+    raw: dict[str, np.ndarray]
+    valid: dict[str, np.ndarray]
+    mask: np.ndarray
+    specs: dict[str, SensorSpec]
+    held_out: np.ndarray  # bool[H, W]: the test region (all False for whole-scene splits)
+
+    def crop(self, box: tuple[slice, slice]) -> Scene:
+        return Scene(
+            self.id,
+            {k: v[box] for k, v in self.raw.items()},
+            {k: v[box] for k, v in self.valid.items()},
+            self.mask[box],
+            self.specs,
+            np.zeros(self.mask[box].shape, bool),
+        )
+
+
+def _region(shape: tuple[int, int], region: Sequence[float]) -> tuple[slice, slice]:
+    top, left, height, width = region
+    h, w = shape
+    return (
+        slice(int(round(top * h)), int(round((top + height) * h))),
+        slice(int(round(left * w)), int(round((left + width) * w))),
+    )
+
+
+def load_scenes(config: ml_collections.ConfigDict) -> tuple[list[Scene], list[Scene], list[str]]:
+    """(train scenes, test scenes, class names) of `config.data`."""
+    d = config.data
+    source = datasets.make_source(d.source, **d.source_args)
+    missing = [k for k in d.inputs if k not in source.specs]
+    if missing:
+        raise ValueError(f"source {d.source!r} has images {sorted(source.specs)}, not {missing}")
+    spec_of = getattr(source, "spec_of", lambda i: source.specs)
+    scenes = []
+    for i in range(len(source)):
+        item = source[i]
+        mask = np.asarray(item["mask"], np.int32)
+        scenes.append(
+            Scene(
+                str(item["id"]),
+                {k: np.asarray(item[k], np.float32) for k in d.inputs},
+                {k: np.asarray(item[valid_key(k)]) for k in d.inputs},
+                mask,
+                {k: spec_of(i)[k] for k in d.inputs},
+                np.zeros(mask.shape, bool),
+            )
+        )
+    by_id = {s.id: s for s in scenes}
+    unknown = [i for i in (*d.train_ids, *d.test_ids) if i not in by_id]
+    if unknown:
+        raise ValueError(f"scene ids {unknown} not in {d.source!r} (it has {sorted(by_id)})")
+    names = list(source.label_names["mask"])
+    if d.test_ids:
+        train = (
+            [by_id[i] for i in d.train_ids]
+            if d.train_ids
+            else [s for s in scenes if s.id not in d.test_ids]
+        )
+        return train, [by_id[i] for i in d.test_ids], names
+    if not config.test_region:
+        raise ValueError("give data.test_ids or a test_region to hold out")
+    train, test = [], []
+    for s in scenes:
+        box = _region(s.mask.shape, config.test_region)
+        s.held_out[box] = True
+        train.append(s)
+        test.append(s.crop(box))
+    return train, test, names
+
+
+class Normalizers:
+    """Per (key, sensor) normalisation with training-pixel statistics (see module docstring)."""
+
+    def __init__(self, train: list[Scene], method: str):
+        self.method = method
+        self._stats: dict[tuple[str, str], dict] = {}
+        self.sources: dict[str, str] = {}
+        groups: dict[tuple[str, str], list] = {}
+        for s in train:
+            for k, spec in s.specs.items():
+                keep = ~s.held_out
+                groups.setdefault((k, spec.sensor), []).append((s.raw[k][keep], s.valid[k][keep]))
+        for (k, sensor), chunks in groups.items():
+            bands = next(s.specs[k].bands for s in train if s.specs[k].sensor == sensor)
+            self._stats[(k, sensor)] = stats.compute_band_stats(chunks, bands)
+            self.sources[f"{k}:{sensor}"] = "training pixels"
+
+    def band_stats(self, scene: Scene, key: str) -> dict:
+        spec = scene.specs[key]
+        if (key, spec.sensor) not in self._stats:
+            self._stats[(key, spec.sensor)] = stats.compute_band_stats(
+                [(scene.raw[key], scene.valid[key])], spec.bands
+            )
+            self.sources[f"{key}:{spec.sensor}"] = f"pixels of test scene {scene.id}"
+        return self._stats[(key, spec.sensor)]
+
+    def range(self, scene: Scene, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per-band (min, max) of the statistics: the corruptions' value range."""
+        st = self.band_stats(scene, key)
+        bands = scene.specs[key].bands
+        lo = np.asarray([st[b]["min"] for b in bands], np.float32)
+        return lo, np.asarray([st[b]["max"] for b in bands], np.float32)
+
+    def __call__(self, scene: Scene, key: str, raw=None, valid=None) -> np.ndarray:
+        spec = scene.specs[key]
+        entry = {"sensor": spec.sensor, "bands": list(spec.bands)}
+        norm = normalize.Normalize(
+            {key: spec}, self.method, {key: {**entry, "stats": self.band_stats(scene, key)}}
+        )
+        raw = scene.raw[key] if raw is None else raw
+        valid = scene.valid[key] if valid is None else valid
+        return norm.map({key: raw, valid_key(key): valid})[key]
+
+
+def _pad_to(x: np.ndarray, size: int) -> np.ndarray:
+    ph, pw = max(0, size - x.shape[0]), max(0, size - x.shape[1])
+    if not (ph or pw):
+        return x
+    return np.pad(x, [(0, ph), (0, pw)] + [(0, 0)] * (x.ndim - 2), mode="symmetric")
+
+
+def _starts(n: int, window: int, stride: int) -> list[int]:
+    starts = list(range(0, max(n - window, 0) + 1, stride))
+    if starts[-1] != max(n - window, 0):
+        starts.append(n - window)
+    return starts
+
+
+def sliding_window(
+    predict: Callable[[dict[str, np.ndarray]], jax.Array],
+    images: dict[str, np.ndarray],
+    window: int,
+    stride: int,
+    num_classes: int,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """Logits f32[H, W, K] of whole scenes {key: [H, W, C]}, averaged over overlapping windows.
+
+    `predict` maps {key: [N, window, window, C]} to logits [N, window, window, K].
+    """
+    h, w = next(iter(images.values())).shape[:2]
+    padded = {k: _pad_to(v, window) for k, v in images.items()}
+    hp, wp = next(iter(padded.values())).shape[:2]
+    corners = [(y, x) for y in _starts(hp, window, stride) for x in _starts(wp, window, stride)]
+    total = np.zeros((hp, wp, num_classes), np.float32)
+    count = np.zeros((hp, wp, 1), np.float32)
+    for i in range(0, len(corners), batch_size):
+        chunk = corners[i : i + batch_size]
+        batch = {
+            k: np.stack([v[y : y + window, x : x + window] for y, x in chunk])
+            for k, v in padded.items()
+        }
+        logits = np.asarray(predict(batch))
+        for (y, x), out in zip(chunk, logits):
+            total[y : y + window, x : x + window] += out
+            count[y : y + window, x : x + window] += 1
+    return (total / count)[:h, :w]
+
+
+def _augment(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    k, flip = rng.integers(4), rng.integers(2)
+    out = [np.rot90(a, k, axes=(0, 1)) for a in arrays]
+    return [np.ascontiguousarray(a[:, ::-1] if flip else a) for a in out]
+
+
+class WindowSampler:
+    """Random training windows (normalised images + mask) that avoid the held-out region."""
+
+    def __init__(self, scenes: list[Scene], norm: Normalizers, keys, window: int, batch: int):
+        self.keys, self.window, self.batch = tuple(keys), window, batch
+        self.images = [{k: _pad_to(norm(s, k), window) for k in keys} for s in scenes]
+        self.masks = [
+            _pad_to(np.where(s.held_out, -1, s.mask), window).astype(np.int32) for s in scenes
+        ]
+        self.blocked = [_pad_to(s.held_out, window) for s in scenes]
+        areas = np.asarray([float((m >= 0).sum()) for m in self.masks])
+        if areas.sum() == 0:
+            raise ValueError("the training scenes have no labelled pixel outside the test region")
+        self.weights = areas / areas.sum()
+
+    def _window(self, rng: np.random.Generator):
+        i = rng.choice(len(self.masks), p=self.weights)
+        h, w = self.masks[i].shape
+        s = self.window
+        for _ in range(100):  # a window outside the test region, with labelled pixels
+            y, x = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
+            box = (slice(y, y + s), slice(x, x + s))
+            if not self.blocked[i][box].any() and (self.masks[i][box] >= 0).any():
+                break
+        arrays = _augment([self.images[i][k][box] for k in self.keys] + [self.masks[i][box]], rng)
+        return arrays
+
+    def __call__(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        windows = [self._window(rng) for _ in range(self.batch)]
+        batch = {k: np.stack([w[j] for w in windows]) for j, k in enumerate(self.keys)}
+        batch["mask"] = np.stack([w[-1] for w in windows])
+        return batch
+
+
+def masked_cross_entropy(logits: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean cross-entropy over pixels with mask >= 0.  logits [B, H, W, K], mask int[B, H, W]."""
+    labelled = mask >= 0
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(mask, 0))
+    return jnp.sum(ce * labelled) / jnp.maximum(jnp.sum(labelled), 1)
+
+
+def _forward(task, keys, adapters, taps, fusion, window):
+    """(model, head, {key: images}) -> logits [B, S, S, K] for one scene sensor layout."""
+
+    def forward(model, head, batch):
+        if task == "segmentation":
+            levels = adapters[keys[0]].levels(model, batch[keys[0]], taps)
+        else:
+            before = adapters[keys[0]].levels(model, batch[keys[0]], taps)
+            after = adapters[keys[1]].levels(model, batch[keys[1]], taps)
+            levels = heads.fuse_siamese(before, after, fusion)
+        return head(levels, (window, window))
+
+    return forward
+
+
+def _rgb_indices(spec: SensorSpec) -> list[int]:
+    """Bands nearest 665 / 560 / 490 nm (the first band thrice when none is optical)."""
+    sensor = sensors.get_sensor(spec.sensor)
+    centres = [sensor.band(b).center_nm for b in spec.bands]
+    if all(c is None for c in centres):
+        return [0, 0, 0]
+    dist = lambda c, t: abs(c - t) if c is not None else np.inf
+    return [int(np.argmin([dist(c, t) for c in centres])) for t in (665, 560, 490)]
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Trains the dense head of `config`, evaluates clean and corrupted, writes the report."""
+    start = time.perf_counter()
+    task = config.task
+    if task not in TASKS:
+        raise ValueError(f"unknown dense task {task!r}; expected one of {TASKS}")
+    keys = tuple(config.data.inputs)
+    if len(keys) != (1 if task == "segmentation" else 2):
+        raise ValueError(f"{task} takes {1 if task == 'segmentation' else 2} image keys: {keys}")
+    train, test, class_names = load_scenes(config)
+    num_classes = len(class_names)
+    encoder = encoders.load_encoder(config.encoder)
+    window = encoder.image_size
+    taps = tuple(config.head.taps) or encoder.default_taps()
+    norm = Normalizers(train, config.data.normalization or encoder.normalization)
+    train_specs = {k: {s.specs[k] for s in train} for k in keys}
+    mixed = {k: v for k, v in train_specs.items() if len(v) > 1}
+    if mixed:
+        raise ValueError(f"training scenes mix sensors for keys {sorted(mixed)}")
+    adapters = {k: encoder.adapt(next(iter(v))) for k, v in train_specs.items()}
+    width = encoder.embed_dim * (
+        2 if task == "change_detection" and config.head.fusion == "concat" else 1
+    )
+    head = heads.dense_head(
+        config.head.kind,
+        width,
+        len(taps),
+        num_classes,
+        channels=config.head.channels,
+        rngs=nnx.Rngs(config.seed),
+    )
+    forward = _forward(task, keys, adapters, taps, config.head.fusion, window)
+
+    def loss_fn(model, head, batch):
+        return masked_cross_entropy(forward(model, head, batch), batch["mask"]), {}
+
+    settings = trainer.FitSettings.from_config(config.fit)
+    sampler = WindowSampler(train, norm, keys, window, config.fit.batch_size)
+    model, head, history = trainer.fit(encoder, head, loss_fn, sampler, settings, seed=config.seed)
+    stride = max(1, int(round(window * config.window_stride)))
+
+    predictors = {}
+
+    def predict_scene(scene: Scene, images: dict[str, np.ndarray]) -> np.ndarray:
+        layout = tuple(scene.specs[k] for k in keys)
+        if layout not in predictors:
+            scene_adapters = {k: encoder.adapt(scene.specs[k]) for k in keys}
+            f = _forward(task, keys, scene_adapters, taps, config.head.fusion, window)
+            predictors[layout] = jax.jit(lambda batch: f(model, head, batch))
+        logits = sliding_window(
+            predictors[layout], images, window, stride, num_classes, config.batch_size
+        )
+        return logits.argmax(-1)
+
+    def corrupted(scene: Scene, corruption) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Normalised images and the reference of `scene` under (name, severity) or clean."""
+        if corruption is None:
+            return {k: norm(scene, k) for k in keys}, scene.mask
+        name, severity = corruption
+        key = keys[-1]  # segmentation: the image; change detection: the second date
+        lo, hi = norm.range(scene, key)
+        rng = jax.random.fold_in(jax.random.key(config.seed), corruptions.CORRUPTIONS.index(name))
+        masks = {"valid": scene.valid[key][None]}
+        moves_mask = task == "segmentation"
+        if moves_mask:
+            masks["mask"] = scene.mask[None]
+        out, moved = corruptions.corrupt_scaled(
+            name,
+            scene.raw[key][None],
+            severity,
+            rng[None],
+            lo,
+            hi,
+            masks,
+            fill_label=-1 if moves_mask else None,
+        )
+        valid = np.asarray(moved["valid"][0]).astype(bool)
+        images = {k: norm(scene, k) for k in keys[:-1]}
+        images[key] = norm(scene, key, np.asarray(out[0]), valid)
+        return images, np.asarray(moved["mask"][0]) if moves_mask else scene.mask
+
+    def evaluate(corruption=None, keep=False):
+        acc = (
+            metrics.SegmentationMetrics(num_classes)
+            if task == "segmentation"
+            else metrics.ChangeMetrics()
+        )
+        preds = []
+        for scene in test:
+            images, mask = corrupted(scene, corruption)
+            pred = predict_scene(scene, images)
+            if task == "segmentation":
+                acc.update(pred[None], mask[None])
+            else:
+                acc.update(pred[None], (mask == 1)[None], (mask == 0)[None])
+            preds.append(pred)
+        return acc.result(), preds
+
+    clean, preds = evaluate()
+    headline = "miou_macro" if task == "segmentation" else "f1"
+    result = {
+        "task": task,
+        "method": f"{config.head.kind} head, encoder {'finetuned' if settings.finetune else 'frozen'}",
+        "encoder": report.encoder_card(config.encoder, encoder, test[0].specs[keys[0]]),
+        "data": {
+            "source": config.data.source,
+            "keys": list(keys),
+            "sensors": {s.id: {k: s.specs[k].sensor for k in keys} for s in train + test},
+            "train": [s.id for s in train],
+            "test": [s.id for s in test],
+            "test_region": list(config.test_region),
+            "labelled_test_pixels": int(sum((s.mask >= 0).sum() for s in test)),
+            "normalization": norm.method,
+            "statistics": norm.sources,
+            "window": window,
+            "stride": stride,
+            "classes": class_names,
+        },
+        "head": {**config.head.to_dict(), "taps": list(taps)},
+        "fit": {
+            **dataclasses.asdict(settings),
+            "batch_size": config.fit.batch_size,
+            "history": history,
+        },
+        "metrics": clean,
+        "headline_metric": headline,
+    }
+    result["robustness"] = report.robustness_sweep(
+        config.robustness, lambda c: evaluate(c)[0][headline], clean[headline]
+    )
+    result["seconds"] = time.perf_counter() - start
+    report.write(
+        workdir,
+        result,
+        class_names=class_names,
+        overlay=_overlay(test, preds, keys, window, config.num_overlays),
+    )
+    return result
+
+
+def _overlay(test: list[Scene], preds: list[np.ndarray], keys, window: int, count: int):
+    """Up to `count` window-sized tiles of the test scenes with the most labelled pixels."""
+    tiles = []
+    for scene, pred in zip(test, preds):
+        key = keys[-1]
+        rgb = plots.display_rgb(scene.raw[key], _rgb_indices(scene.specs[key]))
+        h, w = scene.mask.shape
+        size = min(window, h, w)
+        for y in _starts(h, size, size):
+            for x in _starts(w, size, size):
+                box = (slice(y, y + size), slice(x, x + size))
+                tiles.append(
+                    (int((scene.mask[box] >= 0).sum()), rgb[box], scene.mask[box], pred[box])
+                )
+    tiles = sorted(tiles, key=lambda t: -t[0])[:count]
+    if not tiles or len({t[1].shape for t in tiles}) > 1:
+        return None
+    return {
+        "images": np.stack([t[1] for t in tiles]),
+        "truth": np.stack([t[2] for t in tiles]),
+        "pred": np.stack([t[3] for t in tiles]).astype(np.int64),
+    }

@@ -1,0 +1,130 @@
+"""One results report per evaluation run: report.json, report.md and PNG plots in the workdir.
+
+The JSON holds everything (encoder card, data card, settings, metrics, robustness table); the
+Markdown gives the headline table, the robustness table and links to the plots:
+  confusion.png      single-label classification (row-normalised confusion matrix)
+  robustness.png     metric against severity, one curve per corruption, clean as a dashed line
+  overlays.png       dense tasks: image / reference / prediction / errors for a few tiles
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from eofm.data.spec import SensorSpec
+from eofm.eval import corruptions, plots, robustness
+from eofm.eval.encoders import Encoder
+
+
+def encoder_card(ref: str, encoder: Encoder, spec: SensorSpec) -> dict[str, Any]:
+    """What was evaluated: reference, family, variant, checkpoint step, input recipe."""
+    return {
+        "ref": ref,
+        "model": encoder.name,
+        "variant": encoder.variant,
+        "checkpoint_step": encoder.step,
+        "image_size": encoder.image_size,
+        "pretraining_normalization": encoder.normalization,
+        "zero_filled_bands": list(encoder.adapt(spec).missing_bands),
+    }
+
+
+def corruption_grid(c: ml_collections.ConfigDict) -> list[tuple[str, int]]:
+    """(corruption, severity) cells of a `robustness` config block; ("all",) = all twelve."""
+    names = (
+        list(corruptions.CORRUPTIONS) if tuple(c.corruptions) == ("all",) else list(c.corruptions)
+    )
+    unknown = [n for n in names if n not in corruptions.CORRUPTIONS]
+    if unknown:
+        raise ValueError(f"unknown corruptions {unknown}; known: {list(corruptions.CORRUPTIONS)}")
+    bad = [s for s in c.severities if s not in robustness.SEVERITIES]
+    if bad:
+        raise ValueError(f"severities {bad} outside 1..5")
+    return [(n, int(s)) for n in names for s in c.severities]
+
+
+def robustness_sweep(
+    c: ml_collections.ConfigDict, evaluate: Callable[[tuple[str, int]], float], clean: float
+) -> dict[str, Any] | None:
+    """Evaluates every cell of the grid; the `robustness.summarize` dict (None if no cell)."""
+    cells: dict[str, dict[int, float]] = {}
+    for name, severity in corruption_grid(c):
+        cells.setdefault(name, {})[severity] = float(evaluate((name, severity)))
+    if not cells:
+        return None
+    summary = robustness.summarize(clean, cells)
+    summary["spec_version"] = corruptions.SPEC_VERSION
+    return summary
+
+
+def _described(split: int | list[str]) -> str:
+    """A split as a count of examples or a list of scene ids."""
+    return ", ".join(split) if isinstance(split, list) else str(split)
+
+
+def _markdown_table(row: Mapping[str, Any]) -> str:
+    cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()]
+    return (
+        "| " + " | ".join(row) + " |\n|" + "---|" * len(row) + "\n| " + " | ".join(cells) + " |\n"
+    )
+
+
+def write(
+    workdir: str | os.PathLike,
+    result: dict[str, Any],
+    *,
+    class_names: list[str],
+    overlay: dict[str, Any] | None = None,
+) -> None:
+    """Writes report.json, report.md and the plots; adds their names under result["plots"].
+
+    Args:
+      result: needs task, encoder, data, metrics, headline_metric; optional confusion and
+        robustness (a `robustness.summarize` dict).
+      overlay: optional keyword arguments of `plots.overlays` (images, truth, pred, ...).
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    if "confusion" in result:
+        figures["confusion"] = plots.confusion_matrix(
+            np.asarray(result["confusion"]), class_names, workdir / "confusion.png"
+        )
+    metric = result["headline_metric"]
+    if result.get("robustness"):
+        figures["robustness"] = plots.robustness_curves(
+            result["robustness"], metric, workdir / "robustness.png"
+        )
+    if overlay is not None:
+        figures["overlays"] = plots.overlays(
+            **overlay, class_names=class_names, path=workdir / "overlays.png"
+        )
+    result["plots"] = {k: p.name for k, p in figures.items()}
+    enc, data = result["encoder"], result["data"]
+    head = {
+        "task": result["task"],
+        "method": result.get("method", ""),
+        "encoder": f"{enc['model']}:{enc['variant']}",
+        "step": enc["checkpoint_step"],
+        "data": f"{data['source']} (train {_described(data['train'])}, test"
+        f" {_described(data['test'])})",
+        "normalisation": data["normalization"],
+        "size": enc["image_size"],
+    }
+    head.update({k: v for k, v in result["metrics"].items() if isinstance(v, float)})
+    md = [f"# {result['task']}: {head['encoder']} on {data['source']}\n", _markdown_table(head)]
+    if result.get("robustness"):
+        md += [
+            "\n## Robustness (REOBench-style corruptions)\n",
+            robustness.markdown(result["robustness"], metric),
+        ]
+    md += [f"\n![{name}]({fname})\n" for name, fname in result["plots"].items()]
+    (workdir / "report.json").write_text(json.dumps(result, indent=2))
+    (workdir / "report.md").write_text("".join(md))
