@@ -33,3 +33,45 @@ def pretrain_config():
         return module.get_config(arg)
 
     return load
+
+
+@pytest.fixture(scope="session")
+def small_smarties_run(tmp_path_factory, pretrain_config):
+    """A 10-step SMARTIES pretraining run (64 wide, 2 blocks, 48 px) on the BigEarthNet pairs: a
+    cheap pretrained encoder for the evaluation tests."""
+    from eofm.train import loop, pretrain
+
+    workdir = tmp_path_factory.mktemp("smarties_small")
+    config = pretrain_config("smarties", "tiny")
+    config.model.update(
+        dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    )
+    config.data.image_size = 48
+    config.batch_size = 8
+    config.total_steps = 10
+    config.warmup_steps = 2
+    config.peak_flops = 1e11
+    loop.train(config, workdir, pretrain.build_task(config, workdir))
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def finetune_config():
+    """Loader of `configs/finetune/<name>.py` with data roots pointed at ../shared/data."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(
+            f"finetune_config_{name}", root / "configs" / "finetune" / f"{name}.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config()
+        if "root" in config.data.source_args:
+            relative = config.data.source_args.root.removeprefix("../shared/data/")
+            config.data.source_args.root = str(SHARED_DATA / relative)
+        return config
+
+    return load

@@ -157,3 +157,32 @@ def test_batched_keys_and_errors(images):
         C.corrupt("snow", images["rgb"], 1, key)
     with pytest.raises(ValueError, match="severity"):
         C.corrupt("haze", images["rgb"], 6, key)
+
+
+def test_corrupt_scaled_keeps_each_band_in_its_own_range():
+    rng = np.random.default_rng(0)
+    lo, hi = np.array([0.0, -30.0], np.float32), np.array([10000.0, 5.0], np.float32)
+    images = (lo + (hi - lo) * rng.uniform(size=(2, 24, 24, 2))).astype(np.float32)
+    images[0, 0, 0, 0] = np.nan
+    keys = jax.random.split(jax.random.key(0), 2)
+    valid = np.isfinite(images)
+    out, moved = C.corrupt_scaled(
+        "gaussian_noise", images, 3, keys, lo, hi, {"valid": valid}, fill_label=0
+    )
+    out = np.asarray(out)
+    assert out.shape == images.shape and np.isfinite(out).all()
+    for b in range(2):
+        assert lo[b] <= out[..., b].min() and out[..., b].max() <= hi[b]
+    # Noise sigma is 0.06 of each band's own range.
+    noise = (out - np.nan_to_num(images, nan=0.0))[1]
+    ratio = noise.std(axis=(0, 1)) / (hi - lo)
+    np.testing.assert_allclose(ratio, 0.06, rtol=0.25)
+    np.testing.assert_array_equal(moved["valid"], valid)  # photometric: masks untouched
+    again, _ = C.corrupt_scaled(
+        "gaussian_noise", images, 3, keys, lo, hi, {"valid": valid}, fill_label=0
+    )
+    np.testing.assert_array_equal(out, np.asarray(again))
+    _, moved = C.corrupt_scaled(
+        "translate", images, 5, keys, lo, hi, {"valid": valid}, fill_label=0
+    )
+    assert not np.array_equal(np.asarray(moved["valid"]), valid)

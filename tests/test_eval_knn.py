@@ -41,3 +41,17 @@ def test_image_statistics_baseline_on_eurosat(shared_data):
     )
     result = metrics.multiclass_metrics(pred, labels[test], 10)
     assert result["oa"] > 0.6, result["oa"]  # chance is 0.1
+
+
+def test_multilabel_scores_are_weighted_label_frequencies():
+    bank = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    labels = np.array([[1, 0, 1], [1, 1, 0], [0, 1, 0]], np.float32)
+    _, scores = knn.knn_predict(
+        bank, labels, np.array([[1.0, 0.02]]), num_classes=3, k=2, metric="euclidean"
+    )
+    np.testing.assert_allclose(scores, [[1.0, 0.5, 0.5]])  # two neighbours, equal weights
+    _, scores = knn.knn_predict(
+        bank, labels, np.array([[1.0, 0.0]]), num_classes=3, k=2, temperature=0.1
+    )
+    w = np.exp(np.array([1.0, 0.9 / np.hypot(0.9, 0.1)]) / 0.1)
+    np.testing.assert_allclose(scores, [[1.0, w[1] / w.sum(), w[0] / w.sum()]], rtol=1e-5)

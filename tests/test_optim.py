@@ -68,3 +68,21 @@ def test_layerwise_lr_decay(params):
     for path, u in zip(_paths(params), jax.tree.leaves(updates)):
         # Adam's first step moves every coordinate by lr (x scale) in the gradient's direction.
         np.testing.assert_allclose(np.abs(np.asarray(u)).max(), by_path[path], rtol=1e-3)
+
+
+def test_layer_scales_with_frozen_groups(params):
+    scales = optim.layer_scales(params, num_layers=4, decay=0.5, layer_of=optim.vit_layer_of(3))
+    tx, _ = optim.make_optimizer(
+        params,
+        lr=1.0,
+        total_steps=10,
+        warmup_steps=0,
+        weight_decay=0.0,
+        frozen=[r"blocks/0/"],
+        lr_scales=scales,
+    )
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    by_path = dict(zip(_paths(params), jax.tree.leaves(scales)))
+    for path, u in zip(_paths(params), jax.tree.leaves(updates)):
+        expected = 0.0 if "blocks/0/" in path else by_path[path]
+        np.testing.assert_allclose(np.abs(np.asarray(u)).max(), expected, rtol=1e-3)

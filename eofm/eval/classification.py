@@ -159,7 +159,7 @@ def batches(
                 jnp.arange(start, start + len(images))
             )
             out, moved = corruptions.corrupt_scaled(
-                name, images, severity, keys, prep.lo, prep.hi, {"valid": valid}, fill_label=0
+                name, images, severity, keys, prep.lo, prep.hi, {"valid": valid}
             )
             images, valid = np.asarray(out), np.asarray(moved["valid"])
         yield prep(images, valid)

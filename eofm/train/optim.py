@@ -116,8 +116,14 @@ def make_optimizer(
 
 
 def _scale_by_tree(scales: Any) -> optax.GradientTransformation:
+    """Multiplies each update by its scale; frozen leaves (masked out by `frozen`) pass."""
+    masked = lambda x: isinstance(x, optax.MaskedNode)
+
     def update(updates, state, params=None):
         del params
-        return jax.tree.map(lambda u, s: u * s, updates, scales), state
+        scaled = jax.tree.map(
+            lambda u, s: u if masked(u) else u * s, updates, scales, is_leaf=masked
+        )
+        return scaled, state
 
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update)

@@ -1,0 +1,119 @@
+"""Segmentation (Sen1Floods11) and change detection (Landsat) on the real samples, plus the
+sliding-window, sampling and loss pieces checked by hand."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eofm.eval import dense
+
+
+@pytest.mark.parametrize("shape", [(70, 50), (20, 33), (32, 32)])
+def test_sliding_window_reassembles_the_scene(shape):
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(*shape, 3)).astype(np.float32)
+    calls = []
+
+    def predict(batch):
+        calls.append(batch["x"].shape)
+        return batch["x"] * 2.0  # per-pixel: any overlap averages equal values
+
+    out = dense.sliding_window(predict, {"x": image}, window=32, stride=16, num_classes=3)
+    np.testing.assert_allclose(out, 2 * image, rtol=1e-6)
+    assert all(c[1:3] == (32, 32) for c in calls)
+
+
+def test_window_starts_cover_the_scene():
+    assert dense._starts(70, 32, 16) == [0, 16, 32, 38]
+    assert dense._starts(32, 32, 16) == [0]
+    assert dense._starts(20, 32, 16) == [0]  # padded to one window
+
+
+def test_masked_cross_entropy_ignores_unlabelled_pixels():
+    logits = jnp.asarray([[[[2.0, 0.0], [0.0, 0.0], [5.0, -5.0]]]])  # [1, 1, 3, 2]
+    mask = jnp.asarray([[[0, 1, -1]]])
+    expected = (np.log1p(np.exp(-2.0)) + np.log(2.0)) / 2
+    np.testing.assert_allclose(dense.masked_cross_entropy(logits, mask), expected, rtol=1e-6)
+    assert float(dense.masked_cross_entropy(logits, jnp.full((1, 1, 3), -1))) == 0.0
+
+
+def test_training_windows_avoid_the_test_region(finetune_config):
+    config = finetune_config("sen1floods11_upernet")
+    train, test, names = dense.load_scenes(config)
+    assert names == ["no_water", "water"] and len(train) == len(test) == 1
+    assert test[0].mask.shape == (128, 512)
+    np.testing.assert_array_equal(test[0].mask, train[0].mask[384:])
+    norm = dense.Normalizers(train, "zscore")
+    assert norm.sources == {"s2:sentinel2_l1c": "training pixels"}
+    sampler = dense.WindowSampler(train, norm, ("s2",), window=64, batch=16)
+    batch = sampler(np.random.default_rng(0))
+    assert batch["s2"].shape == (16, 64, 64, 13) and batch["mask"].shape == (16, 64, 64)
+    assert (batch["mask"] >= 0).any(axis=(1, 2)).all()
+    # Training-pixel statistics: the held-out rows are not in them.
+    mean = np.nanmean(
+        np.where(train[0].valid["s2"][:384], train[0].raw["s2"][:384], np.nan), (0, 1)
+    )
+    stats = norm.band_stats(train[0], "s2")
+    np.testing.assert_allclose(
+        [stats[b]["mean"] for b in train[0].specs["s2"].bands], mean, rtol=1e-4
+    )
+
+
+def _small(config, run):
+    config.encoder = str(run)
+    config.fit.update(steps=24, warmup_steps=2, log_every=8, batch_size=4)
+    config.head.channels = 16
+    return config
+
+
+def test_segmentation_end_to_end(small_smarties_run, tmp_path, finetune_config):
+    config = _small(finetune_config("sen1floods11_upernet"), small_smarties_run)
+    config.robustness.corruptions = ("rotate",)
+    config.robustness.severities = (5,)
+    result = dense.run(config, tmp_path)
+    m = result["metrics"]
+    assert set(m) >= {"miou_macro", "iou_micro", "oa", "mf1"}
+    assert 0 <= m["miou_macro"] <= 1 and len(m["per_class_iou"]) == 2
+    # The bottom quarter of the chip is scored: every labelled pixel there, nodata excluded.
+    assert result["data"]["labelled_test_pixels"] == 128 * 512 - int(
+        np.sum(dense.load_scenes(config)[1][0].mask < 0)
+    )
+    assert result["data"]["window"] == 48 and result["head"]["taps"] == [0, 0, 0, 1]
+    history = result["fit"]["history"]
+    assert [h["step"] for h in history] == [8, 16, 24]
+    assert set(result["robustness"]["cells"]) == {"rotate"}
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["metrics"] == m
+    assert sorted(on_disk["plots"]) == ["overlays", "robustness"]
+    assert (tmp_path / "overlays.png").read_bytes()[:4] == b"\x89PNG"
+    assert "miou_macro" in (tmp_path / "report.md").read_text()
+
+
+def test_change_detection_end_to_end(small_smarties_run, tmp_path, finetune_config):
+    config = _small(finetune_config("landsat_change"), small_smarties_run)
+    config.head.update(kind="linear", fusion="concat")
+    result = dense.run(config, tmp_path)
+    m = result["metrics"]
+    # Taizhou's sparse reference: 4,227 changed + 17,163 unchanged pixels are scored.
+    assert m["num_labelled"] == 4227 + 17163
+    assert set(m) >= {"precision", "recall", "f1", "iou"}
+    assert result["data"]["sensors"] == {
+        "Nanjing": {"t1": "landsat5_tm", "t2": "landsat5_tm"},
+        "Taizhou": {"t1": "landsat7_etm", "t2": "landsat7_etm"},
+    }
+    # Taizhou's sensor is not in training: its own pixels give the statistics.
+    assert result["data"]["statistics"]["t2:landsat7_etm"] == "pixels of test scene Taizhou"
+    assert result["robustness"] is None
+
+
+def test_dense_errors_name_the_culprit(tmp_path, finetune_config):
+    config = finetune_config("landsat_change")
+    config.data.test_ids = ("Shanghai",)
+    with pytest.raises(ValueError, match="Shanghai"):
+        dense.run(config, tmp_path)
+    config = finetune_config("landsat_change")
+    config.data.inputs = ("t1",)
+    with pytest.raises(ValueError, match="takes 2 image keys"):
+        dense.run(config, tmp_path)
