@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from raster_checks import check_images, read_hwc
 
 from eofm import sensors
 from eofm.data import datasets, raster
@@ -15,25 +16,11 @@ from eofm.data.spec import SensorSpec
 GRID = {"crs": "EPSG:32633", "transform": Affine(10, 0, 500000, 0, -10, 5000000)}
 
 
-def _read(path):
-    with rasterio.open(path) as f:
-        return np.moveaxis(f.read(), 0, -1).astype(np.float64)
-
-
-def _check_sample(sample, specs, hw):
-    for key, spec in specs.items():
-        image, valid = sample[key], sample[key + "_valid"]
-        assert image.dtype == np.float32 and valid.dtype == bool
-        assert image.shape == (*hw, len(spec.bands)), key
-        assert np.isfinite(image).all()
-        assert np.all(image[~valid] == 0)
-
-
 def test_eurosat_ms_band_order_is_established_from_pixels(shared_data):
     """Pins the stored channel order of EuroSAT-MS: B10 is channel 9 and B8A is the LAST channel."""
     root = shared_data / "eurosat_ms"
     source = datasets.eurosat_ms(root)
-    raw = np.stack([_read(f) for f in source.files[::4]])  # [N, 64, 64, 13] in file order
+    raw = np.stack([read_hwc(f) for f in source.files[::4]])  # [N, 64, 64, 13] in file order
     flat = raw.reshape(-1, 13).T
     corr = np.corrcoef(flat)
     median = np.median(flat, axis=1)
@@ -49,7 +36,7 @@ def test_eurosat_ms_band_order_is_established_from_pixels(shared_data):
     sample = source[0]
     s2 = source.specs["s2"]
     assert s2.bands == sensors.get_sensor("sentinel2_l1c").band_names
-    file0 = _read(source.files[0])
+    file0 = read_hwc(source.files[0])
     np.testing.assert_array_equal(sample["s2"][..., s2.bands.index("B8A")], file0[..., 12])
     np.testing.assert_array_equal(sample["s2"][..., s2.bands.index("B09")], file0[..., 8])
     np.testing.assert_array_equal(sample["s2"][..., s2.bands.index("B12")], file0[..., 11])
@@ -61,7 +48,7 @@ def test_eurosat_ms_samples_and_labels(shared_data):
     assert source.label_names["label"] == list(datasets.EUROSAT_CLASSES)
     for i in (0, 100, 215):
         sample = source[i]
-        _check_sample(sample, source.specs, (64, 64))
+        check_images(sample, source.specs, (64, 64))
         assert datasets.EUROSAT_CLASSES[int(sample["label"])] in sample["id"]
 
 
@@ -79,7 +66,7 @@ def test_bigearthnet_pairs(shared_data):
     assert len(source) == 24
     for i in (0, 11, 23):
         sample = source[i]
-        _check_sample(sample, source.specs, (120, 120))
+        check_images(sample, source.specs, (120, 120))
         patch = meta["patches"][i]
         names = [datasets.BIGEARTHNET_19_CLASSES[j] for j in np.flatnonzero(sample["label"])]
         assert sorted(names) == sorted(patch["labels"])
@@ -113,11 +100,11 @@ def test_ssl4eo_band_files(shared_data):
     source = datasets.ssl4eo_s12(root, modalities=("s1", "s2c", "s2a"))
     assert len(source) == 2
     sample = source[1]
-    _check_sample(sample, source.specs, (264, 264))
+    check_images(sample, source.specs, (264, 264))
     assert source.specs["s2c"].bands[10] == "B10" and len(source.specs["s2a"].bands) == 12
     files = source.items[1].files["s2c"]
     assert files["B8A"].endswith("B8A.tif") and files["B01"].endswith("B1.tif")
-    np.testing.assert_array_equal(sample["s2c"][..., 7], _read(files["B08"])[..., 0])
+    np.testing.assert_array_equal(sample["s2c"][..., 7], read_hwc(files["B08"])[..., 0])
     # The 20 m grid of this product is offset by half a 10 m pixel: the last 10 m column
     # and row lie outside the B8A footprint: they are marked invalid, not filled with made-up data.
     b8a_valid = sample["s2c_valid"][..., 8]
@@ -133,13 +120,13 @@ def test_bigearthnet_original_folders_resample_with_named_method(shared_data):
     bilinear = datasets.bigearthnet_folders(root)
     nearest = datasets.bigearthnet_folders(root, resampling="nearest")
     a, b = bilinear[0], nearest[0]
-    _check_sample(a, bilinear.specs, (120, 120))
+    check_images(a, bilinear.specs, (120, 120))
     bands = bilinear.specs["s2"].bands
     files = bilinear.items[0].files["s2"]
     # On-grid 10 m bands are identical whatever the method.
-    np.testing.assert_array_equal(a["s2"][..., bands.index("B04")], _read(files["B04"])[..., 0])
+    np.testing.assert_array_equal(a["s2"][..., bands.index("B04")], read_hwc(files["B04"])[..., 0])
     # A 60 m band upsampled with nearest repeats each pixel 6x6; bilinear does not.
-    b01 = _read(files["B01"])[..., 0]
+    b01 = read_hwc(files["B01"])[..., 0]
     np.testing.assert_array_equal(b["s2"][..., 0], np.kron(b01, np.ones((6, 6))))
     assert not np.array_equal(a["s2"][..., 0], b["s2"][..., 0])
     with pytest.raises(ValueError, match="unknown resampling 'bilinaer'"):

@@ -10,25 +10,13 @@ import pytest
 import rasterio
 from affine import Affine
 from PIL import Image
+from raster_checks import check_images, read_hwc
 
 from eofm import sensors
 from eofm.data import datasets, raster
 from eofm.data.spec import SensorSpec
 
 GRID = {"crs": "EPSG:32630", "transform": Affine(10, 0, 500000, 0, -10, 4500000)}
-
-
-def _read(path):
-    with rasterio.open(path) as f:
-        return np.moveaxis(f.read(), 0, -1).astype(np.float64)
-
-
-def _check_images(sample, specs, hw):
-    for key, spec in specs.items():
-        image, valid = sample[key], sample[key + "_valid"]
-        assert image.dtype == np.float32 and valid.dtype == bool
-        assert image.shape == valid.shape == (*hw, len(spec.bands)), key
-        assert np.isfinite(image).all() and np.all(image[~valid] == 0)
 
 
 def _write(path, array, dtype, nodata=None):
@@ -55,7 +43,7 @@ def test_sen1floods11_sample(shared_data):
     sample = source[0]
     assert sample["id"] == "Spain_7370579"
     assert set(sample) == {"id", "s1", "s1_valid", "s2", "s2_valid", "mask"}
-    _check_images(sample, source.specs, (512, 512))
+    check_images(sample, source.specs, (512, 512))
     mask = sample["mask"]
     assert mask.dtype == np.int32 and mask.shape == (512, 512)
     values, counts = np.unique(mask, return_counts=True)
@@ -71,7 +59,7 @@ def test_sen1floods11_sample(shared_data):
 def test_sen1floods11_s2_band_order_is_established_from_pixels(shared_data):
     """Pins the S2Hand channel order: ESA order, B8A (channel 8) right after B08, B10 at 10."""
     root = shared_data / "sen1floods11_sample"
-    raw = _read(root / "S2" / "Spain_7370579_S2Hand.tif").reshape(-1, 13).T
+    raw = read_hwc(root / "S2" / "Spain_7370579_S2Hand.tif").reshape(-1, 13).T
     corr, median = np.corrcoef(raw), np.median(raw, axis=1)
     # Cirrus (B10, 1375 nm): near-zero DN, far below every other band.
     assert np.argmin(median) == 10 and median[10] < 50
@@ -92,9 +80,9 @@ def test_sen1floods11_s2_band_order_is_established_from_pixels(shared_data):
 def tiny_chip(shared_data, tmp_path):
     """A 16x16 crop of the real chip in tmp_path, with one NaN S1 pixel and one nodata S2 pixel."""
     src = shared_data / "sen1floods11_sample"
-    s1 = _read(src / "S1" / "Spain_7370579_S1Hand.tif")[:16, :16]
-    s2 = _read(src / "S2" / "Spain_7370579_S2Hand.tif")[:16, :16]
-    label = _read(src / "Labels" / "Spain_7370579_LabelHand.tif")[:16, :16]
+    s1 = read_hwc(src / "S1" / "Spain_7370579_S1Hand.tif")[:16, :16]
+    s2 = read_hwc(src / "S2" / "Spain_7370579_S2Hand.tif")[:16, :16]
+    label = read_hwc(src / "Labels" / "Spain_7370579_LabelHand.tif")[:16, :16]
     s1[2, 3, :] = np.nan
     s2[4, 5, :] = 0
     label[2, 3] = label[4, 5] = 1
@@ -110,7 +98,7 @@ def test_sen1floods11_nodata_is_invalid_but_labels_are_kept(tiny_chip):
     source = datasets.sen1floods11(root)
     assert source.ids == ["c1"]
     sample = source[0]
-    _check_images(sample, source.specs, (16, 16))
+    check_images(sample, source.specs, (16, 16))
     assert not sample["s1_valid"][2, 3].any() and sample["s1_valid"].sum() == 2 * 256 - 2
     assert not sample["s2_valid"][4, 5].any() and sample["s2_valid"].sum() == 13 * 256 - 13
     # The reference is kept as given; users combine it with the validity masks.
@@ -154,13 +142,13 @@ def test_landsat_change_pairs(shared_data):
         sample = source[i]
         size, n_changed, n_unchanged = expected[sample["id"]]
         assert set(sample) == {"id", "t1", "t1_valid", "t2", "t2_valid", "mask"}
-        _check_images(sample, source.spec_of(i), (size, size))
+        check_images(sample, source.spec_of(i), (size, size))
         mask = sample["mask"]
         assert mask.dtype == np.int32
         assert (mask == 1).sum() == n_changed and (mask == 0).sum() == n_unchanged
         assert (mask == -1).sum() == size * size - n_changed - n_unchanged
         folder = shared_data / "landsat_cd_taizhou_nanjing" / sample["id"]
-        np.testing.assert_array_equal(sample["t1"], _read(folder / "t1_2000.tif"))
+        np.testing.assert_array_equal(sample["t1"], read_hwc(folder / "t1_2000.tif"))
         # 1 = changed: the standardized change vector is far longer there than on unchanged pixels.
         z = [(x - x.mean((0, 1))) / x.std((0, 1)) for x in (sample["t1"], sample["t2"])]
         magnitude = np.linalg.norm(z[1] - z[0], axis=-1)
@@ -208,7 +196,7 @@ def test_eurosat_rgb(shared_data):
         assert datasets.EUROSAT_CLASSES[int(row["class_index"])] == row["class_name"]
     for i in (0, 499, 999):
         sample = source[i]
-        _check_images(sample, source.specs, (64, 64))
+        check_images(sample, source.specs, (64, 64))
         assert sample["rgb_valid"].all()
         assert 0 <= sample["rgb"].min() and sample["rgb"].max() <= 255
         assert datasets.EUROSAT_CLASSES[int(sample["label"])] in sample["id"]

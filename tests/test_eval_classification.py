@@ -152,3 +152,12 @@ def test_unknown_method_and_key_are_named(tmp_path, finetune_config):
     config.data.key = "s1"
     with pytest.raises(ValueError, match="'s1'"):
         classification.run(config, tmp_path)
+
+
+def test_eurosat_rgb_three_bands(small_smarties_run, tmp_path, finetune_config):
+    config = finetune_config("eurosat_rgb_knn")
+    config.encoder = str(small_smarties_run)
+    report = classification.run(config, tmp_path)
+    assert report["data"]["bands"] == ["red", "green", "blue"]
+    assert (report["data"]["train"], report["data"]["test"]) == (700, 300)
+    assert report["metrics"]["oa"] > 0.2  # chance is 0.1

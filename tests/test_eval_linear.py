@@ -3,7 +3,7 @@
 import numpy as np
 
 from eofm.data import datasets
-from eofm.eval import knn, linear, metrics, probe
+from eofm.eval import classification, knn, linear, metrics
 
 
 def test_separable_classes_and_decay_choice():
@@ -40,8 +40,8 @@ def test_linear_probe_beats_knn_floor_on_eurosat_image_statistics(shared_data):
         feats.append(np.concatenate([x.mean(0), x.std(0), x.min(0), x.max(0)]))
         labels.append(int(source[i]["label"]))
     feats, labels = np.stack(feats), np.asarray(labels)
-    rest, test = probe.stratified_split(labels, 1 / 3, seed=0)
-    train_i, val_i = probe.stratified_split(labels[rest], 1 / 4, seed=1)
+    rest, test = classification.stratified_split(labels, 1 / 3, seed=0)
+    train_i, val_i = classification.stratified_split(labels[rest], 1 / 4, seed=1)
     train, val = rest[train_i], rest[val_i]
     fit = linear.fit_linear_probe(
         feats[train], labels[train], feats[val], labels[val], num_outputs=10

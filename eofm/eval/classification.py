@@ -155,8 +155,8 @@ def batches(
         if corruption is not None:
             name, severity = corruption
             ckey = jax.random.fold_in(base, corruptions.CORRUPTIONS.index(name))
-            keys = jax.vmap(lambda i: jax.random.fold_in(ckey, i))(
-                jnp.arange(start, start + len(images))
+            keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+                ckey, jnp.arange(start, start + len(images))
             )
             out, moved = corruptions.corrupt_scaled(
                 name, images, severity, keys, prep.lo, prep.hi, {"valid": valid}

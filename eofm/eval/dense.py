@@ -342,6 +342,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
         key = keys[-1]  # segmentation: the image; change detection: the second date
         lo, hi = norm.range(scene, key)
         rng = jax.random.fold_in(jax.random.key(config.seed), corruptions.CORRUPTIONS.index(name))
+        # The reference is unknown where the image came from outside the scene (-1); validity
+        # follows the image's reflected content there (-1 casts to True).
         masks = {"valid": scene.valid[key][None]}
         moves_mask = task == "segmentation"
         if moves_mask:
