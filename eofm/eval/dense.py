@@ -280,6 +280,86 @@ def _rgb_indices(spec: SensorSpec) -> list[int]:
     return [int(np.argmin([dist(c, t) for c in centres])) for t in (665, 560, 490)]
 
 
+class Evaluator:
+    """Sliding-window predictions of a trained head on (optionally corrupted) test scenes."""
+
+    def __init__(self, task, keys, encoder, model, head, norm, num_classes, config):
+        self.task, self.keys, self.encoder, self.norm = task, keys, encoder, norm
+        self.model, self.head, self.num_classes = model, head, num_classes
+        self.taps = tuple(config.head.taps) or encoder.default_taps()
+        self.fusion = config.head.fusion
+        self.window = encoder.image_size
+        self.stride = max(1, int(round(self.window * config.window_stride)))
+        self.batch_size, self.seed = config.batch_size, config.seed
+        self._predictors = {}
+
+    def predict(self, scene: Scene, images: dict[str, np.ndarray]) -> np.ndarray:
+        """Class map int[H, W] of normalised scene images {key: [H, W, C]}."""
+        layout = tuple(scene.specs[k] for k in self.keys)
+        if layout not in self._predictors:  # one jitted forward per sensor layout
+            adapters = {k: self.encoder.adapt(scene.specs[k]) for k in self.keys}
+            f = _forward(self.task, self.keys, adapters, self.taps, self.fusion, self.window)
+            self._predictors[layout] = jax.jit(lambda batch: f(self.model, self.head, batch))
+        logits = sliding_window(
+            self._predictors[layout],
+            images,
+            self.window,
+            self.stride,
+            self.num_classes,
+            self.batch_size,
+        )
+        return logits.argmax(-1)
+
+    def inputs(self, scene: Scene, corruption=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Normalised images and the reference of `scene`, clean or under (name, severity)."""
+        keys = self.keys
+        if corruption is None:
+            return {k: self.norm(scene, k) for k in keys}, scene.mask
+        name, severity = corruption
+        key = keys[-1]  # segmentation: the image; change detection: the second date
+        lo, hi = self.norm.range(scene, key)
+        rng = jax.random.fold_in(jax.random.key(self.seed), corruptions.CORRUPTIONS.index(name))
+        # The reference is unknown where the image came from outside the scene (-1); validity
+        # follows the image's reflected content there (-1 casts to True).
+        masks = {"valid": scene.valid[key][None]}
+        moves_mask = self.task == "segmentation"
+        if moves_mask:
+            masks["mask"] = scene.mask[None]
+        out, moved = corruptions.corrupt_scaled(
+            name,
+            scene.raw[key][None],
+            severity,
+            rng[None],
+            lo,
+            hi,
+            masks,
+            fill_label=-1 if moves_mask else None,
+        )
+        images = {k: self.norm(scene, k) for k in keys[:-1]}
+        valid = np.asarray(moved["valid"][0]).astype(bool)
+        images[key] = self.norm(scene, key, np.asarray(out[0]), valid)
+        return images, np.asarray(moved["mask"][0]) if moves_mask else scene.mask
+
+    def evaluate(self, scenes: list[Scene], corruption=None) -> tuple[dict, list[np.ndarray]]:
+        """(metrics over all scenes, predicted class maps)."""
+        segmentation = self.task == "segmentation"
+        acc = (
+            metrics.SegmentationMetrics(self.num_classes)
+            if segmentation
+            else metrics.ChangeMetrics()
+        )
+        preds = []
+        for scene in scenes:
+            images, mask = self.inputs(scene, corruption)
+            pred = self.predict(scene, images)
+            if segmentation:
+                acc.update(pred[None], mask[None])
+            else:
+                acc.update(pred[None], (mask == 1)[None], (mask == 0)[None])
+            preds.append(pred)
+        return acc.result(), preds
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Trains the dense head of `config`, evaluates clean and corrupted, writes the report."""
     start = time.perf_counter()
@@ -319,68 +399,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     settings = trainer.FitSettings.from_config(config.fit)
     sampler = WindowSampler(train, norm, keys, window, config.fit.batch_size)
     model, head, history = trainer.fit(encoder, head, loss_fn, sampler, settings, seed=config.seed)
-    stride = max(1, int(round(window * config.window_stride)))
-
-    predictors = {}
-
-    def predict_scene(scene: Scene, images: dict[str, np.ndarray]) -> np.ndarray:
-        layout = tuple(scene.specs[k] for k in keys)
-        if layout not in predictors:
-            scene_adapters = {k: encoder.adapt(scene.specs[k]) for k in keys}
-            f = _forward(task, keys, scene_adapters, taps, config.head.fusion, window)
-            predictors[layout] = jax.jit(lambda batch: f(model, head, batch))
-        logits = sliding_window(
-            predictors[layout], images, window, stride, num_classes, config.batch_size
-        )
-        return logits.argmax(-1)
-
-    def corrupted(scene: Scene, corruption) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Normalised images and the reference of `scene` under (name, severity) or clean."""
-        if corruption is None:
-            return {k: norm(scene, k) for k in keys}, scene.mask
-        name, severity = corruption
-        key = keys[-1]  # segmentation: the image; change detection: the second date
-        lo, hi = norm.range(scene, key)
-        rng = jax.random.fold_in(jax.random.key(config.seed), corruptions.CORRUPTIONS.index(name))
-        # The reference is unknown where the image came from outside the scene (-1); validity
-        # follows the image's reflected content there (-1 casts to True).
-        masks = {"valid": scene.valid[key][None]}
-        moves_mask = task == "segmentation"
-        if moves_mask:
-            masks["mask"] = scene.mask[None]
-        out, moved = corruptions.corrupt_scaled(
-            name,
-            scene.raw[key][None],
-            severity,
-            rng[None],
-            lo,
-            hi,
-            masks,
-            fill_label=-1 if moves_mask else None,
-        )
-        valid = np.asarray(moved["valid"][0]).astype(bool)
-        images = {k: norm(scene, k) for k in keys[:-1]}
-        images[key] = norm(scene, key, np.asarray(out[0]), valid)
-        return images, np.asarray(moved["mask"][0]) if moves_mask else scene.mask
-
-    def evaluate(corruption=None, keep=False):
-        acc = (
-            metrics.SegmentationMetrics(num_classes)
-            if task == "segmentation"
-            else metrics.ChangeMetrics()
-        )
-        preds = []
-        for scene in test:
-            images, mask = corrupted(scene, corruption)
-            pred = predict_scene(scene, images)
-            if task == "segmentation":
-                acc.update(pred[None], mask[None])
-            else:
-                acc.update(pred[None], (mask == 1)[None], (mask == 0)[None])
-            preds.append(pred)
-        return acc.result(), preds
-
-    clean, preds = evaluate()
+    evaluator = Evaluator(task, keys, encoder, model, head, norm, num_classes, config)
+    clean, preds = evaluator.evaluate(test)
     headline = "miou_macro" if task == "segmentation" else "f1"
     result = {
         "task": task,
@@ -397,7 +417,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
             "normalization": norm.method,
             "statistics": norm.sources,
             "window": window,
-            "stride": stride,
+            "stride": evaluator.stride,
             "classes": class_names,
         },
         "head": {**config.head.to_dict(), "taps": list(taps)},
@@ -410,7 +430,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
         "headline_metric": headline,
     }
     result["robustness"] = report.robustness_sweep(
-        config.robustness, lambda c: evaluate(c)[0][headline], clean[headline]
+        config.robustness, lambda c: evaluator.evaluate(test, c)[0][headline], clean[headline]
     )
     result["seconds"] = time.perf_counter() - start
     report.write(
