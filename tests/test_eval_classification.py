@@ -40,6 +40,8 @@ def test_knn_probe_random_and_pretrained(
         assert (tmp_path / name / "confusion.png").read_bytes()[:4] == b"\x89PNG"
         assert report["data"]["train"] + report["data"]["test"] == 216
         assert report["metrics"]["oa"] > 0.25  # chance is 0.1
+        low, high = report["metrics"]["oa_ci95"]
+        assert low <= report["metrics"]["oa"] <= high and high - low < 0.4
         assert np.sum(report["confusion"]) == report["data"]["test"]
     assert results["random"]["encoder"]["checkpoint_step"] is None
     # The MAE baseline was trained on S2 + S1: EuroSAT has no S1, so VV and VH are zero-filled.

@@ -251,3 +251,13 @@ def test_change_rejects_doubly_labelled_pixels():
         metrics.change_metrics(CD_PRED, CD_CHANGED, CD_CHANGED | CD_UNCHANGED)
     with pytest.raises(ValueError, match="2"):
         metrics.change_metrics(CD_PRED * 2, CD_CHANGED, CD_UNCHANGED)
+
+
+def test_bootstrap_interval_brackets_the_accuracy():
+    correct = np.r_[np.ones(60), np.zeros(40)]
+    low, high = metrics.bootstrap_interval(lambda idx: correct[idx].mean(), 100, seed=0)
+    # Normal approximation: 0.6 +- 1.96 * sqrt(0.6 * 0.4 / 100) = 0.504 .. 0.696.
+    assert 0.48 < low < 0.53 and 0.67 < high < 0.72
+    assert metrics.bootstrap_interval(lambda idx: correct[idx].mean(), 100, seed=0) == (low, high)
+    nan = metrics.bootstrap_interval(lambda idx: float("nan"), 10)
+    assert np.isnan(nan).all()

@@ -18,6 +18,7 @@ metric over no samples, is NaN.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -294,3 +295,31 @@ def change_metrics(pred: np.ndarray, changed: np.ndarray, unchanged: np.ndarray)
     metric = ChangeMetrics()
     metric.update(pred, changed, unchanged)
     return metric.result()
+
+
+def bootstrap_interval(
+    statistic: Callable[[np.ndarray], float],
+    num_examples: int,
+    *,
+    resamples: int = 500,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a statistic over examples.
+
+    Args:
+      statistic: maps example indices int[N] (drawn with replacement) to the metric on them.
+      num_examples: N, the test set size.
+    Returns:
+      (low, high), the (1 - level) / 2 and (1 + level) / 2 quantiles over `resamples` draws;
+      draws on which the statistic is NaN are left out.
+    """
+    rng = np.random.default_rng(seed)
+    draws = np.asarray(
+        [statistic(rng.integers(0, num_examples, num_examples)) for _ in range(resamples)]
+    )
+    draws = draws[~np.isnan(draws)]
+    if draws.size == 0:
+        return float("nan"), float("nan")
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)

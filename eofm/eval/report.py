@@ -70,7 +70,14 @@ def _described(split: int | list[str]) -> str:
 
 
 def _markdown_table(row: Mapping[str, Any]) -> str:
-    cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()]
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        if isinstance(v, list):  # an interval
+            return " - ".join(f"{x:.3f}" for x in v)
+        return str(v)
+
+    cells = [cell(v) for v in row.values()]
     return (
         "| " + " | ".join(row) + " |\n|" + "---|" * len(row) + "\n| " + " | ".join(cells) + " |\n"
     )
@@ -118,7 +125,7 @@ def write(
         "normalisation": data["normalization"],
         "size": enc["image_size"],
     }
-    head.update({k: v for k, v in result["metrics"].items() if isinstance(v, float)})
+    head.update({k: v for k, v in result["metrics"].items() if isinstance(v, float | list)})
     md = [f"# {result['task']}: {head['encoder']} on {data['source']}\n", _markdown_table(head)]
     if result.get("robustness"):
         md += [
