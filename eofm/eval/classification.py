@@ -7,8 +7,9 @@ Protocol:
 - Per-band statistics come from the train part only. Images are normalised with the encoder's
   pretraining method (or `data.normalization`) and resized (bilinear) to its native input size;
   both are reported.
-- `knn` and `linear` use frozen pooled features; `finetune` trains a LayerNorm + linear head,
-  frozen encoder or (finetune.finetune=True) the whole encoder with layer-wise lr decay.
+- `knn` and `linear` use frozen pooled features; `finetune` trains a LayerNorm + linear head
+  (random flips and 90-degree rotations), on the frozen encoder or (finetune.finetune=True) with
+  the whole encoder, under layer-wise lr decay. Training images are held in memory.
 - Multi-label data (multi-hot labels) report mAP (macro, micro) and F1 (micro, macro) at 0.5;
   single-label data OA and balanced accuracy. The headline metric (map_macro or oa) comes with a
   95 % percentile-bootstrap interval over test examples (500 resamples): small test sets are noisy.
@@ -226,11 +227,12 @@ def _finetune(config, encoder, spec, train, prep, num_classes, multilabel):
     head = heads.ClassifierHead(encoder.embed_dim, num_classes, rngs=nnx.Rngs(config.seed))
     f = config.finetune
 
+    flip_rotate = augment.RandomCropFlipRotate(("image",), size=encoder.image_size)
+
     def next_batch(rng):
         idx = rng.integers(0, len(images), f.batch_size)
-        x = images[idx]
-        x = np.rot90(x, rng.integers(4), axes=(1, 2)) if rng.integers(2) else x[:, :, ::-1]
-        return {"image": np.ascontiguousarray(x), "label": targets[idx]}
+        x = [flip_rotate.random_map({"image": images[i]}, rng)["image"] for i in idx]
+        return {"image": np.stack(x), "label": targets[idx]}
 
     def loss_fn(model, head, batch):
         logits = head(adapter.pooled(model, batch["image"]))

@@ -36,7 +36,7 @@ import optax
 from flax import nnx
 
 from eofm import sensors
-from eofm.data import datasets, normalize, stats
+from eofm.data import augment, datasets, normalize, stats
 from eofm.data.spec import SensorSpec, valid_key
 from eofm.eval import corruptions, encoders, heads, metrics, plots, report, trainer
 
@@ -208,17 +208,13 @@ def sliding_window(
     return (total / count)[:h, :w]
 
 
-def _augment(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
-    k, flip = rng.integers(4), rng.integers(2)
-    out = [np.rot90(a, k, axes=(0, 1)) for a in arrays]
-    return [np.ascontiguousarray(a[:, ::-1] if flip else a) for a in out]
-
-
 class WindowSampler:
     """Random training windows (normalised images + mask) that avoid the held-out region."""
 
     def __init__(self, scenes: list[Scene], norm: Normalizers, keys, window: int, batch: int):
         self.keys, self.window, self.batch = tuple(keys), window, batch
+        # The same random 90-degree rotation and flips for every key and the mask.
+        self.augment = augment.RandomCropFlipRotate(self.keys, size=window, mask_keys=("mask",))
         self.images = [{k: _pad_to(norm(s, k), window) for k in keys} for s in scenes]
         self.masks = [
             _pad_to(np.where(s.held_out, -1, s.mask), window).astype(np.int32) for s in scenes
@@ -238,14 +234,12 @@ class WindowSampler:
             box = (slice(y, y + s), slice(x, x + s))
             if not self.blocked[i][box].any() and (self.masks[i][box] >= 0).any():
                 break
-        arrays = _augment([self.images[i][k][box] for k in self.keys] + [self.masks[i][box]], rng)
-        return arrays
+        window = {k: self.images[i][k][box] for k in self.keys}
+        return self.augment.random_map({**window, "mask": self.masks[i][box]}, rng)
 
     def __call__(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         windows = [self._window(rng) for _ in range(self.batch)]
-        batch = {k: np.stack([w[j] for w in windows]) for j, k in enumerate(self.keys)}
-        batch["mask"] = np.stack([w[-1] for w in windows])
-        return batch
+        return {k: np.stack([w[k] for w in windows]) for k in (*self.keys, "mask")}
 
 
 def masked_cross_entropy(logits: jax.Array, mask: jax.Array) -> jax.Array:

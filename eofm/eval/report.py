@@ -133,5 +133,12 @@ def write(
             robustness.markdown(result["robustness"], metric),
         ]
     md += [f"\n![{name}]({fname})\n" for name, fname in result["plots"].items()]
-    (workdir / "report.json").write_text(json.dumps(result, indent=2))
-    (workdir / "report.md").write_text("".join(md))
+    _write_atomic(workdir / "report.json", json.dumps(result, indent=2))
+    _write_atomic(workdir / "report.md", "".join(md))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Writes to a temporary name, then renames: a crash never leaves half a report."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
