@@ -88,6 +88,15 @@ class Normalize(grain.transforms.Map):
                 if bad:
                     raise ValueError(f"statistics of {key!r} have zero spread for bands {bad}")
 
+    @classmethod
+    def of_band_stats(
+        cls, key: str, spec: SensorSpec, method: str, band_stats: Mapping[str, Mapping]
+    ) -> Normalize:
+        """One image key normalised with per-band statistics {band: {...}} (as returned by
+        `eofm.data.stats.compute_band_stats`) of `spec`'s sensor."""
+        entry = {"sensor": spec.sensor, "bands": list(spec.bands), "stats": band_stats}
+        return cls({key: spec}, method, {key: entry})
+
     def map(self, sample: dict[str, Any]) -> dict[str, Any]:
         out = dict(sample)
         for key, method in self.methods.items():

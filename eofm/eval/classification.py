@@ -117,14 +117,9 @@ class Preprocess:
     def __init__(self, key: str, spec: SensorSpec, train: LabelledImages, method: str, size: int):
         self.key, self.size = key, size
         band_stats = stats.compute_band_stats(zip(train.images, train.valid), spec.bands)
-        self.norm = normalize.Normalize(
-            {key: spec},
-            method,
-            {key: {"sensor": spec.sensor, "bands": list(spec.bands), "stats": band_stats}},
-        )
+        self.norm = normalize.Normalize.of_band_stats(key, spec, method, band_stats)
         # Per-band value range of the corruptions: the train split's min and max.
-        self.lo = np.asarray([band_stats[b]["min"] for b in spec.bands], np.float32)
-        self.hi = np.asarray([band_stats[b]["max"] for b in spec.bands], np.float32)
+        self.lo, self.hi = corruptions.band_range(band_stats, spec.bands)
 
     def __call__(self, images: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """[B, H, W, C] raw -> f32[B, S, S, C]."""

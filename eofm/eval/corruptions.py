@@ -494,3 +494,11 @@ def corrupt_scaled(
     x = jnp.where(jnp.isfinite(images), (images - lo) / span, 0.0)
     x, moved = batched(name, x, severity, keys, masks, fill_label=fill_label)
     return x * span + lo, moved
+
+
+def band_range(
+    band_stats: Mapping[str, Mapping[str, float]], bands
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band (min, max) f32[C] of `compute_band_stats` output: `corrupt_scaled`'s range."""
+    lo = np.asarray([band_stats[b]["min"] for b in bands], np.float32)
+    return lo, np.asarray([band_stats[b]["max"] for b in bands], np.float32)

@@ -147,16 +147,11 @@ class Normalizers:
 
     def range(self, scene: Scene, key: str) -> tuple[np.ndarray, np.ndarray]:
         """Per-band (min, max) of the statistics: the corruptions' value range."""
-        st = self.band_stats(scene, key)
-        bands = scene.specs[key].bands
-        lo = np.asarray([st[b]["min"] for b in bands], np.float32)
-        return lo, np.asarray([st[b]["max"] for b in bands], np.float32)
+        return corruptions.band_range(self.band_stats(scene, key), scene.specs[key].bands)
 
     def __call__(self, scene: Scene, key: str, raw=None, valid=None) -> np.ndarray:
-        spec = scene.specs[key]
-        entry = {"sensor": spec.sensor, "bands": list(spec.bands)}
-        norm = normalize.Normalize(
-            {key: spec}, self.method, {key: {**entry, "stats": self.band_stats(scene, key)}}
+        norm = normalize.Normalize.of_band_stats(
+            key, scene.specs[key], self.method, self.band_stats(scene, key)
         )
         raw = scene.raw[key] if raw is None else raw
         valid = scene.valid[key] if valid is None else valid
