@@ -1,6 +1,9 @@
 """Classification on the real samples: kNN, linear probe, finetuning (LLRD), multi-label, REOBench."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -163,3 +166,28 @@ def test_eurosat_rgb_three_bands(small_smarties_run, tmp_path, finetune_config):
     assert report["data"]["bands"] == ["red", "green", "blue"]
     assert (report["data"]["train"], report["data"]["test"]) == (700, 300)
     assert report["metrics"]["oa"] > 0.2  # chance is 0.1
+
+
+def test_finetune_main_cli(small_smarties_run, tmp_path, shared_data):
+    """The documented command line: a pretraining workdir in, report files and metrics out."""
+    command = [
+        sys.executable,
+        str(ROOT / "finetune" / "main.py"),
+        f"--config={ROOT / 'configs' / 'finetune' / 'eurosat_ms_knn.py'}",
+        f"--config.encoder={small_smarties_run}",
+        f"--config.data.source_args.root={shared_data / 'eurosat_ms'}",
+        f"--workdir={tmp_path}",
+    ]
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = json.loads(done.stdout[done.stdout.index("{") :])
+    assert (
+        printed["metrics"]["oa"]
+        == json.loads((tmp_path / "report.json").read_text())["metrics"]["oa"]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "confusion.png",
+        "report.json",
+        "report.md",
+    ]
