@@ -268,6 +268,29 @@ def raise_on_problems(
         raise conversion_error(source, model, file, **problems)
 
 
+def check_and_write(
+    source: str | os.PathLike | None,
+    model_description: str,
+    file_description: str,
+    model: nnx.Module,
+    params: Mapping[ParamPath, nnx.Param],
+    tensors: Sequence[Tensor],
+    state: Mapping[str, np.ndarray],
+) -> None:
+    """`check`s `state` against `tensors`, raises one `ConversionError` listing every problem,
+    else `write`s the tensors into `model`."""
+    missing, unexpected, mismatched = check(state, tensors, params)
+    raise_on_problems(
+        source,
+        model_description,
+        file_description,
+        missing=missing,
+        unexpected=unexpected,
+        mismatched=mismatched,
+    )
+    write(model, params, tensors, state)
+
+
 def foreign_file(state: Mapping[str, np.ndarray], family: str) -> str:
     """Description of a state dict that holds no key of the model `family`."""
     names = sorted(state, key=natural_order)

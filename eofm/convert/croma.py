@@ -136,16 +136,9 @@ def to_eofm(
     params = common.model_params(model)
     common.require_built(params)
     tensors = _tensors(params)
-    missing, unexpected, mismatched = common.check(state, tensors, params)
-    common.raise_on_problems(
-        source,
-        _describe_model(model.cfg),
-        _describe_file(state),
-        missing=missing,
-        unexpected=unexpected,
-        mismatched=mismatched,
+    common.check_and_write(
+        source, _describe_model(model.cfg), _describe_file(state), model, params, tensors, state
     )
-    common.write(model, params, tensors, state)
     kept = sorted({str(path[0]) for path in params.keys() - {t.path for t in tensors}})
     if kept:
         logging.info(

@@ -81,16 +81,9 @@ def to_eofm(
     common.require_built(params)
     tensors = _tensors(model.cfg, params)
     resized = _resize_spatial_tables(state, model.cfg, source)
-    missing, unexpected, mismatched = common.check(resized, tensors, params)
-    common.raise_on_problems(
-        source,
-        _describe_model(model.cfg),
-        _describe_file(state),
-        missing=missing,
-        unexpected=unexpected,
-        mismatched=mismatched,
+    common.check_and_write(
+        source, _describe_model(model.cfg), _describe_file(state), model, params, tensors, resized
     )
-    common.write(model, params, tensors, resized)
 
 
 def from_eofm(model: SpectralGPT) -> dict[str, np.ndarray]:
