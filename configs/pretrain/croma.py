@@ -52,19 +52,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.croma = ml_collections.ConfigDict(
         dict(temperature_init=0.07, contrastive_weight=1.0, mae_weight=1.0)
     )
-    c.data = ml_collections.ConfigDict(
-        dict(
-            source="bigearthnet_s1s2",
-            source_args={},
-            sensors=("s2", "s1"),  # (optical, radar)
-            bands={},  # optional {key: band names} selection, e.g. drop S2 L1C B10
-            normalization="mean2std_clip",
-            prepared_dir="",
-            image_size=120,
-            crop_scale=(0.5, 1.0),
-            num_workers=0,
-        )
-    )
+    # data.sensors: (optical, radar); data.bands can drop S2 L1C B10 for SSL4EO-S12.
+    c.data = train_config.data(normalization="mean2std_clip", image_size=120, crop_scale=(0.5, 1.0))
 
     train_config.training(c, base_lr=1e-4)
     return c

@@ -16,35 +16,12 @@ import ml_collections
 
 from eofm.train import config as train_config
 
-VARIANTS = {
-    # name: (embed_dim, depth, heads, decoder_dim, decoder_depth, decoder_heads, image_size)
-    "tiny": (192, 6, 3, 128, 2, 4, 96),
-    "base": (768, 12, 12, 512, 8, 16, 224),
-    "large": (1024, 24, 16, 512, 8, 16, 224),
-}
-
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-    if arg not in VARIANTS:
-        raise ValueError(f"unknown variant {arg!r}; expected one of {sorted(VARIANTS)}")
-    dim, depth, heads, dec_dim, dec_depth, dec_heads, size = VARIANTS[arg]
     c = ml_collections.ConfigDict()
     c.model_name = "smarties"
     c.variant = arg
-    c.model = ml_collections.ConfigDict(
-        dict(
-            patch_size=16,
-            embed_dim=dim,
-            depth=depth,
-            num_heads=heads,
-            decoder_dim=dec_dim,
-            decoder_depth=dec_depth,
-            decoder_heads=dec_heads,
-            mask_ratio=0.75,
-            norm_pix_loss=True,
-            dtype="float32",
-        )
-    )
+    c.model, size = train_config.mae_vit(arg)
     c.smarties = ml_collections.ConfigDict(
         dict(
             mixup_ratio=0.5,
@@ -52,18 +29,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
             blend="nearer",  # unseen bands: "nearer" (paper intent) or "official"
         )
     )
-    c.data = ml_collections.ConfigDict(
-        dict(
-            source="bigearthnet_s1s2",
-            source_args={},
-            sensors=("s2", "s1"),  # one sensor, or a co-registered pair of views
-            normalization="percentile_clip",
-            prepared_dir="",
-            image_size=size,
-            crop_scale=(0.25, 1.0),
-            num_workers=0,
-        )
+    # data.sensors: one sensor, or a co-registered pair of views.
+    c.data = train_config.data(
+        normalization="percentile_clip", image_size=size, crop_scale=(0.25, 1.0)
     )
-
     train_config.training(c, base_lr=1.5e-4)
     return c

@@ -18,9 +18,8 @@ SpectralGPT's order (B10 is not in L2A), per-image per-band min-max, random resi
 
 import ml_collections
 
-from eofm.train import config as train_config
-
 from eofm.models import spectralgpt
+from eofm.train import config as train_config
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
@@ -47,18 +46,13 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
             dtype="float32",
         )
     )
-    c.data = ml_collections.ConfigDict(
-        dict(
-            source="bigearthnet_s1s2",
-            source_args={"keys": ("s2",)},
-            sensors=("s2",),
-            bands={"s2": spectralgpt.BANDS},
-            normalization="minmax_per_image",
-            prepared_dir="",
-            image_size=128 if stage2 else 96,
-            crop_scale=(0.2, 1.0),
-            num_workers=0,
-        )
+    c.data = train_config.data(
+        normalization="minmax_per_image",
+        image_size=128 if stage2 else 96,
+        crop_scale=(0.2, 1.0),
+        sensors=("s2",),
+        source_args={"keys": ("s2",)},
+        bands={"s2": spectralgpt.BANDS},
     )
     train_config.training(c, base_lr=1e-4 if stage2 else 2e-4)
     return c

@@ -37,3 +37,59 @@ def training(
     )
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, keep_period=0))
     c.log_every = 10
+
+
+# name: (embed_dim, depth, heads, decoder_dim, decoder_depth, decoder_heads, image_size)
+MAE_VIT_VARIANTS = {
+    "tiny": (192, 6, 3, 128, 2, 4, 96),
+    "base": (768, 12, 12, 512, 8, 16, 224),
+    "large": (1024, 24, 16, 512, 8, 16, 224),
+}
+
+
+def mae_vit(variant: str) -> tuple[ml_collections.ConfigDict, int]:
+    """Model fields of a ViT masked autoencoder (MAE, SMARTIES): patch 16, mask 75 %, norm-pix
+    loss; `tiny` for CPU, `base` / `large` as the MAE paper. Returns (model, image size)."""
+    if variant not in MAE_VIT_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(MAE_VIT_VARIANTS)}")
+    dim, depth, heads, dec_dim, dec_depth, dec_heads, size = MAE_VIT_VARIANTS[variant]
+    model = ml_collections.ConfigDict(
+        dict(
+            patch_size=16,
+            embed_dim=dim,
+            depth=depth,
+            num_heads=heads,
+            decoder_dim=dec_dim,
+            decoder_depth=dec_depth,
+            decoder_heads=dec_heads,
+            mask_ratio=0.75,
+            norm_pix_loss=True,
+            dtype="float32",
+        )
+    )
+    return model, size
+
+
+def data(
+    *,
+    normalization: str,
+    image_size: int,
+    crop_scale: tuple[float, float],
+    sensors: tuple[str, ...] = ("s2", "s1"),
+    source_args: dict | None = None,
+    bands: dict | None = None,
+) -> ml_collections.ConfigDict:
+    """Data fields: by default the BigEarthNet v2 S1+S2 pairs embedded in eofm."""
+    return ml_collections.ConfigDict(
+        dict(
+            source="bigearthnet_s1s2",  # eofm.data.datasets.make_source name
+            source_args=source_args or {},  # keyword arguments of the source
+            sensors=sensors,  # image keys fed to the model, in order
+            bands=bands or {},  # optional {key: band names} selection (and order)
+            normalization=normalization,  # eofm.data.normalize method, statistics from prepare
+            prepared_dir="",  # ArrayRecord cache; "" = WORKDIR/data
+            image_size=image_size,
+            crop_scale=crop_scale,
+            num_workers=0,
+        )
+    )
