@@ -75,3 +75,20 @@ def finetune_config():
         return config
 
     return load
+
+
+@pytest.fixture(scope="session")
+def eurosat_image_statistics(shared_data):
+    """The training-free "imagestats" features of Corley et al. on the EuroSAT-MS sample:
+    per-band mean / std / min / max of each image in reflectance, [216, 52], and labels [216]."""
+    import numpy as np
+
+    from eofm.data import datasets
+
+    source = datasets.eurosat_ms(shared_data / "eurosat_ms")
+    feats, labels = [], []
+    for i in range(len(source)):
+        x = source[i]["s2"].reshape(-1, 13) / 10000.0
+        feats.append(np.concatenate([x.mean(0), x.std(0), x.min(0), x.max(0)]))
+        labels.append(int(source[i]["label"]))
+    return np.stack(feats), np.asarray(labels)

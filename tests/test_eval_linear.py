@@ -2,7 +2,6 @@
 
 import numpy as np
 
-from eofm.data import datasets
 from eofm.eval import classification, knn, linear, metrics
 
 
@@ -32,14 +31,8 @@ def test_multilabel_probe():
     assert np.mean(pred == (y[150:] > 0)) > 0.9
 
 
-def test_linear_probe_beats_knn_floor_on_eurosat_image_statistics(shared_data):
-    source = datasets.eurosat_ms(shared_data / "eurosat_ms")
-    feats, labels = [], []
-    for i in range(len(source)):
-        x = source[i]["s2"].reshape(-1, 13) / 10000.0
-        feats.append(np.concatenate([x.mean(0), x.std(0), x.min(0), x.max(0)]))
-        labels.append(int(source[i]["label"]))
-    feats, labels = np.stack(feats), np.asarray(labels)
+def test_linear_probe_beats_knn_floor_on_eurosat_image_statistics(eurosat_image_statistics):
+    feats, labels = eurosat_image_statistics
     rest, test = classification.stratified_split(labels, 1 / 3, seed=0)
     train_i, val_i = classification.stratified_split(labels[rest], 1 / 4, seed=1)
     train, val = rest[train_i], rest[val_i]
