@@ -74,7 +74,8 @@ def _params(model):
 def test_llrd_scales_follow_depth(small_smarties_run):
     encoder = encoders.load_encoder(str(small_smarties_run))
     params = {"encoder": nnx.state(encoder.model, nnx.Param), "head": {"w": np.zeros(2)}}
-    flat = jax.tree_util.tree_flatten_with_path(trainer._lr_scales(params, encoder, 0.5))[0]
+    scales = optim.layer_scales(params, encoder.depth + 1, 0.5, encoder.layer_of)
+    flat = jax.tree_util.tree_flatten_with_path(scales)[0]
     scales = {optim.param_path(p).removesuffix("/value"): s for p, s in flat}
     # depth 2: embeddings 0.5**3, block i 0.5**(2 - i), final norm and head 1.
     assert scales["encoder/encoder/patch_embed/kernel"] == 0.5**3

@@ -31,11 +31,24 @@ def test_adapters_give_pooled_features_and_level_grids(family, missing, monkeypa
 
 
 def test_default_taps_follow_pangaea_for_twelve_blocks():
-    encoder = encoders.Encoder("mae", "base", None, 224, "zscore", None, "", 12, 16, 768, {})
+    encoder = encoders.Encoder(
+        "mae", "base", None, 224, "zscore", None, ("encoder/",), r"patch_embed", 12, 16, 768, {}
+    )
     assert encoder.default_taps() == (3, 5, 7, 11)
     assert encoder.layer_of("encoder/blocks/4/mlp/fc1/kernel") == 5
     assert encoder.layer_of("encoder/norm/scale") == 13
     assert encoder.layer_of("encoder/patch_embed/kernel") == 0
+
+
+def test_croma_finetuning_reaches_its_pooling_head(monkeypatch):
+    """CROMA's pooled features come from the GAP-FFN head after the optical encoder: finetuning
+    must update it, at the top of the layer-wise decay."""
+    monkeypatch.chdir(ROOT)
+    encoder = encoders.load_encoder("random:configs/pretrain/croma.py:tiny")
+    assert "optical_gap/" in encoder.encoding_params
+    assert encoder.layer_of("encoder/optical_gap/mlp/fc1/kernel") == encoder.depth + 1
+    assert encoder.layer_of("encoder/optical/embed/kernel") == 0
+    assert encoder.layer_of("encoder/optical/blocks/1/attn/qkv/kernel") == 2
 
 
 def test_missing_bands_are_named():

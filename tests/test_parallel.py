@@ -9,7 +9,8 @@ from flax import nnx
 
 from eofm import parallel
 from eofm.models import mae, vit
-from eofm.train import optim, step as step_lib
+from eofm.train import optim
+from eofm.train import step as step_lib
 
 CFG = mae.MAEConfig(
     encoder=vit.ViTConfig(patch_size=8, embed_dim=64, depth=2, num_heads=4, in_chans=4),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,8 +27,7 @@ from flax import nnx
 
 from eofm.data.spec import SensorSpec
 from eofm.models import smarties, spectralgpt
-from eofm.train import loop, pretrain
-
+from eofm.train import loop, optim, pretrain
 
 # (model, images f32[B, S, S, C] normalised) -> pooled features [B, D]
 PooledFn = Callable[[nnx.Module, jax.Array], jax.Array]
@@ -55,8 +53,9 @@ class Encoder:
     step: int | None  # checkpoint step; None for a random init
     image_size: int  # native input size (inputs are resized, or windowed, to it)
     normalization: str  # the pretraining normalisation method
-    model: nnx.Module  # the whole pretraining model; encoding uses the `encoding_params` part
-    encoding_params: str  # regex of the parameter paths that encoding reads
+    model: nnx.Module  # the whole pretraining model; encoding reads `encoding_params` of it
+    encoding_params: tuple[str, ...]  # path prefixes of the parameters that encoding reads
+    embedding_params: str  # regex of the embedding parameters (LLRD layer 0)
     depth: int  # transformer blocks of the encoder
     patch_size: int
     embed_dim: int
@@ -77,13 +76,9 @@ class Encoder:
         return tuple(max(0, round(self.depth * f) - 1) for f in (1 / 3, 1 / 2, 2 / 3, 1))
 
     def layer_of(self, path: str) -> int:
-        """LLRD layer id of an encoder parameter path: embeddings 0, block i -> i + 1, the final
-        norm -> depth + 1."""
-        if m := re.search(r"(?:^|/)blocks/(\d+)/", path):
-            return int(m.group(1)) + 1
-        if re.search(r"(?:^|/)norm/", path):
-            return self.depth + 1
-        return 0
+        """LLRD layer id of a parameter path: embeddings 0, block i -> i + 1, everything after
+        (final norm, pooling head, task head) -> depth + 1."""
+        return optim.vit_layer_of(self.depth, self.embedding_params)(path)
 
 
 def _load_config_file(ref: str) -> ml_collections.ConfigDict:
@@ -112,18 +107,19 @@ def load_encoder(ref: str) -> Encoder:
         config = _load_config_file(ref[len("random:") :])
         # The pretraining data is only read for its band layout: prepare it in a scratch folder.
         with tempfile.TemporaryDirectory(prefix="eofm_random_encoder_") as scratch:
-            task = pretrain.build_task(config, scratch)
+            source = pretrain.prepared_source(config, Path(scratch))
+            task = pretrain.build_task(config, scratch, source)
             step = None
             with nnx.use_eager_sharding(False):
                 model = task.make_model(nnx.Rngs(config.seed))
-            trained = pretrain.input_specs(config, pretrain.prepared_source(config, Path(scratch)))
     else:
         workdir = Path(ref)
         config = _run_config(workdir)
         config.data.prepared_dir = config.data.prepared_dir or str(workdir / "data")
-        task = pretrain.build_task(config, workdir)
+        source = pretrain.prepared_source(config, workdir)
+        task = pretrain.build_task(config, workdir, source)
         step, model = loop.restore_model(config, workdir, task)
-        trained = pretrain.input_specs(config, pretrain.prepared_source(config, workdir))
+    trained = pretrain.input_specs(config, source)
     name = config.model_name
     if name not in _ADAPTERS:
         raise ValueError(f"no encoder adapter for model {name!r}; known: {sorted(_ADAPTERS)}")
@@ -137,6 +133,7 @@ def load_encoder(ref: str) -> Encoder:
         normalization=config.data.normalization,
         model=model,
         encoding_params=_ENCODING_PARAMS[name],
+        embedding_params=_EMBEDDING_PARAMS[name],
         depth=cfg.depth,
         patch_size=cfg.patch_size,
         embed_dim=cfg.embed_dim,
@@ -211,10 +208,18 @@ _ADAPTERS: dict[str, Callable[[Encoder, SensorSpec], Adapter]] = {
     "croma": _croma,
     "mae": _mae,
 }
-# Parameter paths (in the model state) that encoding reads: finetuning updates only these.
+# Path prefixes (in the model state) of the parameters that encoding reads, pooling included:
+# finetuning updates only these.
 _ENCODING_PARAMS = {
-    "smarties": r"^encoder/",
-    "mae": r"^encoder/",
-    "spectralgpt": r"^(patch_embed|pos|blocks|norm)/",
-    "croma": r"^optical/",
+    "smarties": ("encoder/",),
+    "mae": ("encoder/",),
+    "spectralgpt": ("patch_embed/", "pos/", "blocks/", "norm/"),
+    "croma": ("optical/", "optical_gap/"),
+}
+# The embedding parameters among them (LLRD layer 0).
+_EMBEDDING_PARAMS = {
+    "smarties": r"(^|/)encoder/(patch_embed|cls_token)/",
+    "mae": r"(^|/)encoder/(patch_embed|cls_token)/",
+    "spectralgpt": r"(^|/)(patch_embed|pos)/",
+    "croma": r"(^|/)optical/embed/",
 }

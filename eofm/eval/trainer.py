@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import ml_collections
@@ -36,25 +36,14 @@ class FitSettings:
     steps: int
     lr: float
     warmup_steps: int
-    weight_decay: float = 0.05
-    finetune: bool = False
-    llrd: float = 0.75
-    log_every: int = 25
+    weight_decay: float
+    finetune: bool
+    llrd: float
+    log_every: int
 
     @classmethod
     def from_config(cls, c: ml_collections.ConfigDict) -> FitSettings:
-        return cls(**{f.name: c[f.name] for f in dataclasses.fields(cls) if f.name in c})
-
-
-def _lr_scales(params: Any, encoder: Encoder, llrd: float) -> Any:
-    top = encoder.depth + 1
-
-    def scale(path: str, _):
-        if path.startswith("encoder/"):
-            return llrd ** (top - encoder.layer_of(path[len("encoder/") :]))
-        return 1.0
-
-    return optim.map_paths(scale, params)
+        return cls(**{f.name: c[f.name] for f in dataclasses.fields(cls)})
 
 
 def fit(
@@ -77,10 +66,12 @@ def fit(
     graph_m, params_m, rest_m = nnx.split(encoder.model, nnx.Param, ...)
     graph_h, params_h, rest_h = nnx.split(head, nnx.Param, ...)
     params = {"head": params_h}
-    frozen = ()
+    frozen, scales = (), None
     if settings.finetune:
         params["encoder"] = params_m
-        frozen = (rf"^encoder/(?!{encoder.encoding_params.removeprefix('^')})",)
+        encoding = "|".join(re.escape(prefix) for prefix in encoder.encoding_params)
+        frozen = (rf"^encoder/(?!{encoding})",)
+        scales = optim.layer_scales(params, encoder.depth + 1, settings.llrd, encoder.layer_of)
     tx, schedule = optim.make_optimizer(
         params,
         lr=settings.lr,
@@ -89,7 +80,7 @@ def fit(
         weight_decay=settings.weight_decay,
         b2=0.999,
         frozen=frozen,
-        lr_scales=_lr_scales(params, encoder, settings.llrd) if settings.finetune else None,
+        lr_scales=scales,
     )
 
     def loss(params, frozen_encoder, batch):
@@ -106,7 +97,9 @@ def fit(
         return optax.apply_updates(params, updates), opt_state, {**metrics, "loss": value}
 
     opt_state = tx.init(params)
-    frozen_encoder = None if settings.finetune else jax.lax.stop_gradient(params_m)
+    # A frozen encoder's parameters are an argument of the step (not differentiated, and not
+    # baked into the compiled step as constants).
+    frozen_encoder = None if settings.finetune else params_m
     rng = np.random.default_rng(seed)
     history, start = [], time.perf_counter()
     for i in range(settings.steps):

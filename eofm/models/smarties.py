@@ -32,7 +32,7 @@ from flax import nnx
 
 from eofm.data.spec import SensorSpec
 from eofm.models import layers, spectral
-from eofm.models.mae import MAEConfig, MAEDecoder, NORM_PIX_EPS, norm_pix_stats, random_masking
+from eofm.models.mae import NORM_PIX_EPS, MAEConfig, MAEDecoder, norm_pix_stats, random_masking
 from eofm.models.tokenizers import SpectralPatchEmbed, band_patches
 from eofm.models.vit import ViTEncoder, vit_forward_flops
 

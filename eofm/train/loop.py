@@ -32,7 +32,9 @@ from flax import nnx
 
 from eofm import parallel
 from eofm.data import pipeline
-from eofm.train import checkpoint, metrics as metrics_lib, optim, step as step_lib
+from eofm.train import checkpoint, optim
+from eofm.train import metrics as metrics_lib
+from eofm.train import step as step_lib
 
 
 class NonFiniteLossError(FloatingPointError):

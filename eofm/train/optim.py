@@ -59,14 +59,18 @@ def layer_scales(params: Any, num_layers: int, decay: float, layer_of: Callable[
     return map_paths(lambda path, _: decay ** (num_layers - layer_of(path)), params)
 
 
-def vit_layer_of(num_blocks: int) -> Callable[[str], int]:
-    """Layer id for LLRD on a ViT: embeddings 0, block i -> i + 1, everything after -> L + 1."""
+def vit_layer_of(
+    num_blocks: int, embeddings: str = r"patch_embed|cls_token|pos_embed"
+) -> Callable[[str], int]:
+    """Layer id for LLRD on a ViT: embeddings (paths matching the `embeddings` regex) 0, block i
+    -> i + 1, everything after (final norm, pooling, heads) -> L + 1."""
     block = re.compile(r"(?:^|/)blocks/(\d+)/")
+    embedding = re.compile(embeddings)
 
     def layer_of(path: str) -> int:
         if m := block.search(path):
             return int(m.group(1)) + 1
-        if re.search(r"patch_embed|cls_token|pos_embed", path):
+        if embedding.search(path):
             return 0
         return num_blocks + 1
 

@@ -311,8 +311,11 @@ TASKS = {
 }
 
 
-def build_task(config: ml_collections.ConfigDict, workdir: str | Path) -> Task:
-    """The pretraining task named by `config.model_name`."""
+def build_task(config: ml_collections.ConfigDict, workdir: str | Path, source=None) -> Task:
+    """The pretraining task named by `config.model_name`, on `source` (default: the
+    `prepared_source` of the run)."""
     if config.model_name not in TASKS:
         raise ValueError(f"unknown model_name {config.model_name!r}; available: {sorted(TASKS)}")
-    return TASKS[config.model_name](config, prepared_source(config, Path(workdir)))
+    if source is None:
+        source = prepared_source(config, Path(workdir))
+    return TASKS[config.model_name](config, source)
