@@ -162,8 +162,8 @@ def batches(
         yield prep(images, valid)
 
 
-def scores_of(predict: Callable[[np.ndarray], np.ndarray], stream: Iterator[np.ndarray]):
-    return np.concatenate([np.asarray(predict(x)) for x in stream])
+def _concat(fn: Callable[[np.ndarray], Any], stream: Iterator[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(fn(x)) for x in stream])
 
 
 def _metric_of(scores: np.ndarray, labels: np.ndarray, multilabel: bool) -> dict[str, Any]:
@@ -173,51 +173,49 @@ def _metric_of(scores: np.ndarray, labels: np.ndarray, multilabel: bool) -> dict
 
 
 def _fit_classifier(config, encoder, spec, train, prep, num_classes, multilabel):
-    """-> (predict: encoder-ready images -> scores [B, K], settings to report)."""
-    method = config.method
-    features = encoder.features(spec)
-    if method in ("knn", "linear"):
-        feats = scores_of(features, batches(train, prep, config.batch_size))
-    if method == "knn":
-        bank_labels = train.labels
+    """-> (featurize: encoder-ready images [B, S, S, C] -> features [B, D],
+    classify: features [N, D] -> scores [N, K], settings to report)."""
+    if config.method == "finetune":
+        return _finetune(config, encoder, spec, train, prep, num_classes, multilabel)
+    featurize = encoder.features(spec)
+    feats = _concat(featurize, batches(train, prep, config.batch_size))
+    if config.method == "knn":
         k = config.knn
 
-        def predict(x):
+        def classify(features):
             return knn.knn_predict(
                 feats,
-                bank_labels,
-                np.asarray(features(x)),
+                train.labels,
+                features,
                 num_classes=num_classes,
                 k=k.k,
                 metric=k.metric,
                 temperature=k.temperature or None,
             )[1]
 
-        return predict, k.to_dict()
-    if method == "linear":
-        fit_i, val_i = stratified_split(train.labels, config.linear.val_fraction, config.seed + 1)
-        probe = linear.fit_linear_probe(
-            feats[fit_i],
-            train.labels[fit_i],
-            feats[val_i],
-            train.labels[val_i],
-            num_outputs=num_classes,
-            multilabel=multilabel,
-            steps=config.linear.steps,
-        )
-        post = jax.nn.sigmoid if multilabel else (lambda z: z)
-        settings = {
-            "weight_decay": probe.weight_decay,
-            "steps": config.linear.steps,
-            "validation_scores": probe.validation_scores,
-        }
-        return (lambda x: np.asarray(post(probe.logits(np.asarray(features(x)))))), settings
-    return _finetune(config, encoder, spec, train, prep, num_classes, multilabel)
+        return featurize, classify, k.to_dict()
+    fit_i, val_i = stratified_split(train.labels, config.linear.val_fraction, config.seed + 1)
+    probe = linear.fit_linear_probe(
+        feats[fit_i],
+        train.labels[fit_i],
+        feats[val_i],
+        train.labels[val_i],
+        num_outputs=num_classes,
+        multilabel=multilabel,
+        steps=config.linear.steps,
+    )
+    post = jax.nn.sigmoid if multilabel else (lambda z: z)
+    settings = {
+        "weight_decay": probe.weight_decay,
+        "steps": config.linear.steps,
+        "validation_scores": probe.validation_scores,
+    }
+    return featurize, (lambda features: np.asarray(post(probe.logits(features)))), settings
 
 
 def _finetune(config, encoder, spec, train, prep, num_classes, multilabel):
     adapter = encoder.adapt(spec)
-    images = scores_of(lambda x: x, batches(train, prep, config.batch_size))
+    images = prep(train.images, train.valid)
     targets = train.labels.astype(np.float32 if multilabel else np.int32)
     head = heads.ClassifierHead(encoder.embed_dim, num_classes, rngs=nnx.Rngs(config.seed))
     f = config.finetune
@@ -242,8 +240,10 @@ def _finetune(config, encoder, spec, train, prep, num_classes, multilabel):
         encoder, head, loss_fn, next_batch, settings, seed=config.seed
     )
     post = jax.nn.sigmoid if multilabel else (lambda z: z)
-    predict = jax.jit(lambda x: post(head(adapter.pooled(model, x))))
-    return predict, {**dataclasses.asdict(settings), "batch_size": f.batch_size, "history": history}
+    featurize = jax.jit(lambda x: adapter.pooled(model, x))
+    classify = jax.jit(lambda features: post(head(features)))
+    settings = {**dataclasses.asdict(settings), "batch_size": f.batch_size, "history": history}
+    return featurize, lambda features: np.asarray(classify(features)), settings
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -257,13 +257,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     encoder = encoders.load_encoder(config.encoder)
     method = config.data.normalization or encoder.normalization
     prep = Preprocess(config.data.key, spec, train, method, encoder.image_size)
-    predict, settings = _fit_classifier(
+    featurize, classify, settings = _fit_classifier(
         config, encoder, spec, train, prep, len(class_names), multilabel
     )
 
     def test_scores(corruption=None):
         stream = batches(test, prep, config.batch_size, corruption, config.seed)
-        return scores_of(predict, stream)
+        return classify(_concat(featurize, stream))
 
     scores = test_scores()
     clean = _metric_of(scores, test.labels, multilabel)
