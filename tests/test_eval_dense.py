@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from eofm.data.spec import SensorSpec
 from eofm.eval import dense
 
 
@@ -117,3 +118,50 @@ def test_dense_errors_name_the_culprit(tmp_path, finetune_config):
     config.data.inputs = ("t1",)
     with pytest.raises(ValueError, match="takes 2 image keys"):
         dense.run(config, tmp_path)
+
+
+def _scene(scene_id, sensor, value, shape=(40, 40)):
+    spec = SensorSpec.full(sensor)
+    c = len(spec.bands)
+    raw = np.full((*shape, c), value, np.float32) + np.arange(shape[1])[None, :, None]
+    return dense.Scene(
+        scene_id,
+        {"t2": raw},
+        {"t2": np.ones(raw.shape, bool)},
+        np.zeros(shape, np.int32),
+        {"t2": spec},
+        np.zeros(shape, bool),
+    )
+
+
+def test_unseen_sensor_scenes_use_their_own_statistics():
+    norm = dense.Normalizers([_scene("train", "landsat5_tm", 10.0)], "zscore")
+    a, b = _scene("A", "landsat7_etm", 50.0), _scene("B", "landsat7_etm", 90.0)
+    mean = lambda s: norm.band_stats(s, "t2")["B1"]["mean"]
+    assert (mean(a), mean(b)) == pytest.approx((50 + 19.5, 90 + 19.5))
+    # Each scene is centred by its own statistics.
+    np.testing.assert_allclose(norm(a, "t2").mean(), 0.0, atol=1e-5)
+    np.testing.assert_allclose(norm(b, "t2").mean(), 0.0, atol=1e-5)
+    assert norm.sources == {
+        "t2:landsat5_tm": "training pixels",
+        "t2:landsat7_etm": "pixels of test scene A, B",
+    }
+
+
+def test_window_corners_are_exactly_the_admissible_ones():
+    scene = _scene("s", "landsat5_tm", 0.0, shape=(30, 20))
+    scene.mask[:] = -1
+    scene.mask[5, 5] = 1  # one labelled pixel
+    scene.held_out[:, 15:] = True
+    sampler = dense.WindowSampler([scene], dense.Normalizers([scene], "zscore"), ("t2",), 8, 4)
+    rows, cols = sampler.corners[0]
+    # Windows of 8 px containing (5, 5) whose columns stay left of 15.
+    expected = [
+        (y, x) for y in range(0, 23) for x in range(0, 13) if y <= 5 < y + 8 and x <= 5 < x + 8
+    ]
+    assert sorted(zip(rows.tolist(), cols.tolist())) == expected
+    batch = sampler(np.random.default_rng(0))
+    assert (batch["mask"] == 1).sum() == 4  # every window holds the labelled pixel
+    scene.mask[5, 5] = -1
+    with pytest.raises(ValueError, match="no 8 px training window"):
+        dense.WindowSampler([scene], dense.Normalizers([scene], "zscore"), ("t2",), 8, 4)

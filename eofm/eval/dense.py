@@ -124,8 +124,9 @@ class Normalizers:
 
     def __init__(self, train: list[Scene], method: str):
         self.method = method
-        self._stats: dict[tuple[str, str], dict] = {}
-        self.sources: dict[str, str] = {}
+        self._stats: dict[tuple, dict] = {}
+        self._normalize: dict[tuple, normalize.Normalize] = {}
+        self._own_pixels: dict[str, list[str]] = {}  # "key:sensor" -> test scenes
         groups: dict[tuple[str, str], list] = {}
         for s in train:
             for k, spec in s.specs.items():
@@ -134,28 +135,47 @@ class Normalizers:
         for (k, sensor), chunks in groups.items():
             bands = next(s.specs[k].bands for s in train if s.specs[k].sensor == sensor)
             self._stats[(k, sensor)] = stats.compute_band_stats(chunks, bands)
-            self.sources[f"{k}:{sensor}"] = "training pixels"
 
-    def band_stats(self, scene: Scene, key: str) -> dict:
+    @property
+    def sources(self) -> dict[str, str]:
+        """Where each "key:sensor" got its statistics, for the report."""
+        out = {f"{k[0]}:{k[1]}": "training pixels" for k in self._stats if len(k) == 2}
+        for name, scenes in self._own_pixels.items():
+            out[name] = f"pixels of test scene {', '.join(scenes)}"
+        return out
+
+    def _key(self, scene: Scene, key: str) -> tuple:
+        """Statistics key: (key, sensor), or (key, sensor, scene) for a sensor not in training,
+        whose statistics come from that scene's own pixels."""
         spec = scene.specs[key]
-        if (key, spec.sensor) not in self._stats:
-            self._stats[(key, spec.sensor)] = stats.compute_band_stats(
+        if (key, spec.sensor) in self._stats:
+            return key, spec.sensor
+        own = (key, spec.sensor, scene.id)
+        if own not in self._stats:
+            self._stats[own] = stats.compute_band_stats(
                 [(scene.raw[key], scene.valid[key])], spec.bands
             )
-            self.sources[f"{key}:{spec.sensor}"] = f"pixels of test scene {scene.id}"
-        return self._stats[(key, spec.sensor)]
+            self._own_pixels.setdefault(f"{key}:{spec.sensor}", []).append(scene.id)
+        return own
+
+    def band_stats(self, scene: Scene, key: str) -> dict[str, dict[str, float]]:
+        """The per-band statistics that normalise `scene.raw[key]`."""
+        return self._stats[self._key(scene, key)]
 
     def range(self, scene: Scene, key: str) -> tuple[np.ndarray, np.ndarray]:
         """Per-band (min, max) of the statistics: the corruptions' value range."""
         return corruptions.band_range(self.band_stats(scene, key), scene.specs[key].bands)
 
     def __call__(self, scene: Scene, key: str, raw=None, valid=None) -> np.ndarray:
-        norm = normalize.Normalize.of_band_stats(
-            key, scene.specs[key], self.method, self.band_stats(scene, key)
-        )
+        """Normalised `scene.raw[key]` (or `raw`, e.g. a corrupted copy, with `valid`)."""
+        k = self._key(scene, key)
+        if k not in self._normalize:
+            self._normalize[k] = normalize.Normalize.of_band_stats(
+                key, scene.specs[key], self.method, self._stats[k]
+            )
         raw = scene.raw[key] if raw is None else raw
         valid = scene.valid[key] if valid is None else valid
-        return norm.map({key: raw, valid_key(key): valid})[key]
+        return self._normalize[k].map({key: raw, valid_key(key): valid})[key]
 
 
 def _pad_to(x: np.ndarray, size: int) -> np.ndarray:
@@ -203,8 +223,15 @@ def sliding_window(
     return (total / count)[:h, :w]
 
 
+def _window_sums(x: np.ndarray, size: int) -> np.ndarray:
+    """Sums of x [H, W] over every size x size window: [H - size + 1, W - size + 1]."""
+    c = np.pad(np.cumsum(np.cumsum(x, 0, dtype=np.int64), 1), ((1, 0), (1, 0)))
+    return c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]
+
+
 class WindowSampler:
-    """Random training windows (normalised images + mask) that avoid the held-out region."""
+    """Random training windows (normalised images + mask), uniform over the windows that hold a
+    labelled pixel and avoid the held-out region."""
 
     def __init__(self, scenes: list[Scene], norm: Normalizers, keys, window: int, batch: int):
         self.keys, self.window, self.batch = tuple(keys), window, batch
@@ -214,21 +241,26 @@ class WindowSampler:
         self.masks = [
             _pad_to(np.where(s.held_out, -1, s.mask), window).astype(np.int32) for s in scenes
         ]
-        self.blocked = [_pad_to(s.held_out, window) for s in scenes]
-        areas = np.asarray([float((m >= 0).sum()) for m in self.masks])
+        self.corners = []  # per scene: (rows, cols) of the admissible top-left corners
+        for scene, mask in zip(scenes, self.masks):
+            labelled = _window_sums(mask >= 0, window) > 0
+            clear = _window_sums(_pad_to(scene.held_out, window), window) == 0
+            self.corners.append(np.nonzero(labelled & clear))
+        # Scenes are drawn in proportion to their labelled training pixels.
+        areas = np.asarray(
+            [float((m >= 0).sum()) * (len(c[0]) > 0) for m, c in zip(self.masks, self.corners)]
+        )
         if areas.sum() == 0:
-            raise ValueError("the training scenes have no labelled pixel outside the test region")
+            raise ValueError(
+                f"no {window} px training window holds a labelled pixel outside the test region"
+            )
         self.weights = areas / areas.sum()
 
     def _window(self, rng: np.random.Generator):
         i = rng.choice(len(self.masks), p=self.weights)
-        h, w = self.masks[i].shape
-        s = self.window
-        for _ in range(100):  # a window outside the test region, with labelled pixels
-            y, x = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
-            box = (slice(y, y + s), slice(x, x + s))
-            if not self.blocked[i][box].any() and (self.masks[i][box] >= 0).any():
-                break
+        rows, cols = self.corners[i]
+        j = rng.integers(len(rows))
+        box = (slice(rows[j], rows[j] + self.window), slice(cols[j], cols[j] + self.window))
         window = {k: self.images[i][k][box] for k in self.keys}
         return self.augment.random_map({**window, "mask": self.masks[i][box]}, rng)
 
@@ -244,19 +276,32 @@ def masked_cross_entropy(logits: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(ce * labelled) / jnp.maximum(jnp.sum(labelled), 1)
 
 
-def _forward(task, keys, adapters, taps, fusion, window):
-    """(model, head, {key: images}) -> logits [B, S, S, K] for one scene sensor layout."""
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """What a dense run feeds its head: task, image keys, tapped blocks, fusion, windows."""
 
-    def forward(model, head, batch):
-        if task == "segmentation":
-            levels = adapters[keys[0]].levels(model, batch[keys[0]], taps)
-        else:
-            before = adapters[keys[0]].levels(model, batch[keys[0]], taps)
-            after = adapters[keys[1]].levels(model, batch[keys[1]], taps)
-            levels = heads.fuse_siamese(before, after, fusion)
-        return head(levels, (window, window))
+    task: str
+    keys: tuple[str, ...]  # (image,) or (before, after)
+    taps: tuple[int, ...]
+    fusion: str
+    window: int  # the encoder's native size
+    stride: int
+    num_classes: int
 
-    return forward
+    def forward(self, adapters: dict[str, encoders.Adapter]):
+        """(model, head, {key: images}) -> logits [B, S, S, K] for one sensor layout."""
+        keys, taps = self.keys, self.taps
+
+        def forward(model, head, batch):
+            if self.task == "segmentation":
+                levels = adapters[keys[0]].levels(model, batch[keys[0]], taps)
+            else:
+                before = adapters[keys[0]].levels(model, batch[keys[0]], taps)
+                after = adapters[keys[1]].levels(model, batch[keys[1]], taps)
+                levels = heads.fuse_siamese(before, after, self.fusion)
+            return head(levels, (self.window, self.window))
+
+        return forward
 
 
 def _rgb_indices(spec: SensorSpec) -> list[int]:
@@ -272,46 +317,51 @@ def _rgb_indices(spec: SensorSpec) -> list[int]:
 class Evaluator:
     """Sliding-window predictions of a trained head on (optionally corrupted) test scenes."""
 
-    def __init__(self, task, keys, encoder, model, head, norm, num_classes, config):
-        self.task, self.keys, self.encoder, self.norm = task, keys, encoder, norm
-        self.model, self.head, self.num_classes = model, head, num_classes
-        self.taps = tuple(config.head.taps) or encoder.default_taps()
-        self.fusion = config.head.fusion
-        self.window = encoder.image_size
-        self.stride = max(1, int(round(self.window * config.window_stride)))
-        self.batch_size, self.seed = config.batch_size, config.seed
+    def __init__(self, layout: Layout, encoder, model, head, norm: Normalizers, batch_size, seed):
+        self.layout, self.encoder, self.norm = layout, encoder, norm
+        self.model, self.head = model, head
+        self.batch_size, self.seed = batch_size, seed
         self._predictors = {}
+        self._clean = {}  # scene id -> normalised clean images
 
     def predict(self, scene: Scene, images: dict[str, np.ndarray]) -> np.ndarray:
         """Class map int[H, W] of normalised scene images {key: [H, W, C]}."""
-        layout = tuple(scene.specs[k] for k in self.keys)
-        if layout not in self._predictors:  # one jitted forward per sensor layout
-            adapters = {k: self.encoder.adapt(scene.specs[k]) for k in self.keys}
-            f = _forward(self.task, self.keys, adapters, self.taps, self.fusion, self.window)
-            self._predictors[layout] = jax.jit(lambda batch: f(self.model, self.head, batch))
+        lay = self.layout
+        specs = tuple(scene.specs[k] for k in lay.keys)
+        if specs not in self._predictors:  # one jitted forward per sensor layout
+            f = lay.forward({k: self.encoder.adapt(scene.specs[k]) for k in lay.keys})
+            self._predictors[specs] = jax.jit(lambda batch: f(self.model, self.head, batch))
         logits = sliding_window(
-            self._predictors[layout],
+            self._predictors[specs],
             images,
-            self.window,
-            self.stride,
-            self.num_classes,
+            lay.window,
+            lay.stride,
+            lay.num_classes,
             self.batch_size,
         )
         return logits.argmax(-1)
 
-    def inputs(self, scene: Scene, corruption=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Normalised images and the reference of `scene`, clean or under (name, severity)."""
-        keys = self.keys
+    def clean(self, scene: Scene) -> dict[str, np.ndarray]:
+        if scene.id not in self._clean:
+            self._clean[scene.id] = {k: self.norm(scene, k) for k in self.layout.keys}
+        return self._clean[scene.id]
+
+    def inputs(
+        self, scene: Scene, index: int, corruption=None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Normalised images and the reference of test scene `index`, clean or under
+        (name, severity)."""
         if corruption is None:
-            return {k: self.norm(scene, k) for k in keys}, scene.mask
+            return self.clean(scene), scene.mask
         name, severity = corruption
-        key = keys[-1]  # segmentation: the image; change detection: the second date
+        key = self.layout.keys[-1]  # segmentation: the image; change detection: the second date
         lo, hi = self.norm.range(scene, key)
         rng = jax.random.fold_in(jax.random.key(self.seed), corruptions.CORRUPTIONS.index(name))
+        rng = jax.random.fold_in(rng, index)
         # The reference is unknown where the image came from outside the scene (-1); validity
         # follows the image's reflected content there (-1 casts to True).
         masks = {"valid": scene.valid[key][None]}
-        moves_mask = self.task == "segmentation"
+        moves_mask = self.layout.task == "segmentation"
         if moves_mask:
             masks["mask"] = scene.mask[None]
         out, moved = corruptions.corrupt_scaled(
@@ -324,22 +374,21 @@ class Evaluator:
             masks,
             fill_label=-1 if moves_mask else None,
         )
-        images = {k: self.norm(scene, k) for k in keys[:-1]}
         valid = np.asarray(moved["valid"][0]).astype(bool)
-        images[key] = self.norm(scene, key, np.asarray(out[0]), valid)
+        images = {**self.clean(scene), key: self.norm(scene, key, np.asarray(out[0]), valid)}
         return images, np.asarray(moved["mask"][0]) if moves_mask else scene.mask
 
     def evaluate(self, scenes: list[Scene], corruption=None) -> tuple[dict, list[np.ndarray]]:
         """(metrics over all scenes, predicted class maps)."""
-        segmentation = self.task == "segmentation"
+        segmentation = self.layout.task == "segmentation"
         acc = (
-            metrics.SegmentationMetrics(self.num_classes)
+            metrics.SegmentationMetrics(self.layout.num_classes)
             if segmentation
             else metrics.ChangeMetrics()
         )
         preds = []
-        for scene in scenes:
-            images, mask = self.inputs(scene, corruption)
+        for index, scene in enumerate(scenes):
+            images, mask = self.inputs(scene, index, corruption)
             pred = self.predict(scene, images)
             if segmentation:
                 acc.update(pred[None], mask[None])
@@ -359,28 +408,34 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     if len(keys) != (1 if task == "segmentation" else 2):
         raise ValueError(f"{task} takes {1 if task == 'segmentation' else 2} image keys: {keys}")
     train, test, class_names = load_scenes(config)
-    num_classes = len(class_names)
     encoder = encoders.load_encoder(config.encoder)
     window = encoder.image_size
-    taps = tuple(config.head.taps) or encoder.default_taps()
+    layout = Layout(
+        task=task,
+        keys=keys,
+        taps=tuple(config.head.taps) or encoder.default_taps(),
+        fusion=config.head.fusion,
+        window=window,
+        stride=max(1, int(round(window * config.window_stride))),
+        num_classes=len(class_names),
+    )
     norm = Normalizers(train, config.data.normalization or encoder.normalization)
     train_specs = {k: {s.specs[k] for s in train} for k in keys}
     mixed = {k: v for k, v in train_specs.items() if len(v) > 1}
     if mixed:
         raise ValueError(f"training scenes mix sensors for keys {sorted(mixed)}")
-    adapters = {k: encoder.adapt(next(iter(v))) for k, v in train_specs.items()}
     width = encoder.embed_dim * (
         2 if task == "change_detection" and config.head.fusion == "concat" else 1
     )
     head = heads.dense_head(
         config.head.kind,
         width,
-        len(taps),
-        num_classes,
+        len(layout.taps),
+        layout.num_classes,
         channels=config.head.channels,
         rngs=nnx.Rngs(config.seed),
     )
-    forward = _forward(task, keys, adapters, taps, config.head.fusion, window)
+    forward = layout.forward({k: encoder.adapt(next(iter(v))) for k, v in train_specs.items()})
 
     def loss_fn(model, head, batch):
         return masked_cross_entropy(forward(model, head, batch), batch["mask"]), {}
@@ -388,7 +443,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     settings = trainer.FitSettings.from_config(config.fit)
     sampler = WindowSampler(train, norm, keys, window, config.fit.batch_size)
     model, head, history = trainer.fit(encoder, head, loss_fn, sampler, settings, seed=config.seed)
-    evaluator = Evaluator(task, keys, encoder, model, head, norm, num_classes, config)
+    evaluator = Evaluator(layout, encoder, model, head, norm, config.batch_size, config.seed)
     clean, preds = evaluator.evaluate(test)
     headline = "miou_macro" if task == "segmentation" else "f1"
     result = {
@@ -406,10 +461,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
             "normalization": norm.method,
             "statistics": norm.sources,
             "window": window,
-            "stride": evaluator.stride,
+            "stride": layout.stride,
             "classes": class_names,
         },
-        "head": {**config.head.to_dict(), "taps": list(taps)},
+        "head": {**config.head.to_dict(), "taps": list(layout.taps)},
         "fit": {
             **dataclasses.asdict(settings),
             "batch_size": config.fit.batch_size,
@@ -452,4 +507,5 @@ def _overlay(test: list[Scene], preds: list[np.ndarray], keys, window: int, coun
         "images": np.stack([t[1] for t in tiles]),
         "truth": np.stack([t[2] for t in tiles]),
         "pred": np.stack([t[3] for t in tiles]).astype(np.int64),
+        "max_items": len(tiles),
     }
