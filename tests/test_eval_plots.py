@@ -17,12 +17,6 @@ def _assert_png(path, min_width=200, min_height=150):
     assert min_width <= width <= 4000 and min_height <= height <= 4000
 
 
-def test_geometric_matches_corruptions():
-    from eofm.eval import corruptions
-
-    assert plots.GEOMETRIC == corruptions.GEOMETRIC
-
-
 def test_robustness_curves(tmp_path):
     cells = {
         "gaussian_noise": {1: 0.8, 2: 0.7, 3: 0.6, 4: 0.5, 5: 0.4},

@@ -17,8 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-# Same as eofm.eval.corruptions.GEOMETRIC, kept here so that plotting does not import JAX.
-GEOMETRIC: tuple[str, ...] = ("rotate", "scale", "translate")
+from eofm.eval import corruptions
+
 # Fixed qualitative class colours (RGB in [0, 1]), 60 in all: the 10 distinct tab10 hues first,
 # then their light variants from tab20, then tab20b and tab20c.
 _CLASS_COLOURS = np.concatenate(
@@ -55,7 +55,7 @@ def robustness_curves(summary: dict, metric: str, path: str | os.PathLike) -> Pa
     ax = fig.add_subplot()
     for i, (corruption, by_severity) in enumerate(cells.items()):
         severities = sorted(int(s) for s in by_severity)
-        geometric = corruption in GEOMETRIC
+        geometric = corruption in corruptions.GEOMETRIC
         ax.plot(
             severities,
             [by_severity[str(s)] for s in severities],
