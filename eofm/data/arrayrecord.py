@@ -28,6 +28,7 @@ import grain
 import numpy as np
 from array_record.python import array_record_module
 
+from eofm import files
 from eofm.data import stats as stats_lib
 from eofm.data.spec import SensorSpec, specs_from_json, specs_to_json, valid_key
 
@@ -232,7 +233,5 @@ def prepare(
         "source": repr(source),
         "stats": STATS,
     }
-    tmp = manifest_path.with_name(MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, manifest_path)
+    files.write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
     return manifest

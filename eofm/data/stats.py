@@ -36,6 +36,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from eofm import files
+
 FORMAT = "eofm.band_stats/1"
 
 # Bins are never finer than 2**-40 times the magnitude of the first values seen, which keeps
@@ -379,18 +381,7 @@ def write_stats_json(
                 for band, values in bands.items()
             },
         }
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    files.write_text_atomic(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
 def read_stats_json(path: str | os.PathLike) -> dict[str, dict]:

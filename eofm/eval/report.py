@@ -18,6 +18,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from eofm import files
 from eofm.data.spec import SensorSpec
 from eofm.eval import corruptions, plots, robustness
 from eofm.eval.encoders import Encoder
@@ -133,12 +134,5 @@ def write(
             robustness.markdown(result["robustness"], metric),
         ]
     md += [f"\n![{name}]({fname})\n" for name, fname in result["plots"].items()]
-    _write_atomic(workdir / "report.json", json.dumps(result, indent=2))
-    _write_atomic(workdir / "report.md", "".join(md))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Writes to a temporary name, then renames: a crash never leaves half a report."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    files.write_text_atomic(workdir / "report.json", json.dumps(result, indent=2))
+    files.write_text_atomic(workdir / "report.md", "".join(md))
