@@ -133,6 +133,16 @@ def make_pipeline(config, source, *, stack: bool):
     return make_dataset
 
 
+def _task(config: ml_collections.ConfigDict, source, *, stack: bool = False, **fields) -> Task:
+    """A `Task` named by the config, on the pipeline of `source`; `fields` give the rest."""
+    return Task(
+        name=config.model_name,
+        variant=config.variant,
+        make_dataset=make_pipeline(config, source, stack=stack),
+        **fields,
+    )
+
+
 def mae_config(config: ml_collections.ConfigDict, in_chans: int) -> mae_lib.MAEConfig:
     m = config.model
     encoder = vit_lib.ViTConfig(
@@ -161,12 +171,12 @@ def mae_loss(model: mae_lib.MAE, batch, rng):
 def _mae_task(config, source) -> Task:
     cfg = mae_config(config, input_channels(input_specs(config, source)))
     size = config.data.image_size
-    return Task(
-        name=config.model_name,
-        variant=config.variant,
+    return _task(
+        config,
+        source,
+        stack=True,
         make_model=lambda rngs: mae_lib.MAE(cfg, rngs=rngs),
         loss_fn=mae_loss,
-        make_dataset=make_pipeline(config, source, stack=True),
         input_keys=(INPUT_KEY,),
         flops_per_example=mae_lib.mae_flops_per_example(cfg, (size, size)),
     )
@@ -194,12 +204,11 @@ def _smarties_task(config, source) -> Task:
         return model([batch[k] for k in keys], views, rng=rng)
 
     size = config.data.image_size
-    return Task(
-        name=config.model_name,
-        variant=config.variant,
+    return _task(
+        config,
+        source,
         make_model=lambda rngs: smarties_lib.Smarties(cfg, rngs=rngs),
         loss_fn=loss_fn,
-        make_dataset=make_pipeline(config, source, stack=False),
         input_keys=keys,
         flops_per_example=smarties_lib.smarties_flops_per_example(cfg, (size, size), len(keys)),
     )
@@ -243,12 +252,11 @@ def _croma_task(config, source) -> Task:
         return model(batch[optical], batch[radar], rng=rng)
 
     size = config.data.image_size
-    return Task(
-        name=config.model_name,
-        variant=config.variant,
+    return _task(
+        config,
+        source,
         make_model=lambda rngs: croma_lib.Croma(cfg, rngs=rngs),
         loss_fn=loss_fn,
-        make_dataset=make_pipeline(config, source, stack=False),
         input_keys=(optical, radar),
         flops_per_example=croma_lib.croma_flops_per_example(cfg, (size, size)),
     )
@@ -291,12 +299,11 @@ def _spectralgpt_task(config, source) -> Task:
     def loss_fn(model, batch, rng):
         return model(batch[key], rng=rng)
 
-    return Task(
-        name=config.model_name,
-        variant=config.variant,
+    return _task(
+        config,
+        source,
         make_model=lambda rngs: spectralgpt_lib.SpectralGPT(cfg, rngs=rngs),
         loss_fn=loss_fn,
-        make_dataset=make_pipeline(config, source, stack=False),
         input_keys=(key,),
         flops_per_example=spectralgpt_lib.spectralgpt_flops_per_example(cfg),
         adapt_param=_adapt_spectralgpt,
