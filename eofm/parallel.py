@@ -1,14 +1,16 @@
 """Device mesh, logical-axis sharding rules and multi-host initialisation.
 
 One mesh with axes ("data", "fsdp", "tensor"). Parameters carry logical axis names ("embed", "mlp",
-"heads", "patch", ...; see `eofm.models.layers`), and `LOGICAL_RULES` maps them to mesh axes:
+"heads", "patch"; see `eofm.models.layers`), and rules map them to mesh axes. `DEFAULT_RULES`:
 
   batch -> ("data", "fsdp")   every data-parallel axis splits the batch
   embed -> "fsdp"             FSDP: each parameter's model dimension is split across devices
   mlp, heads -> "tensor"      tensor parallelism of the MLP hidden and attention heads
 
 Axes of size 1 shard nothing, so data parallelism, FSDP and FSDP + TP are mesh sizes (presets `dp`,
-`fsdp`, `fsdp_tp`), not code. A dimension that does not divide by its mesh axes stays replicated.
+`fsdp`, `fsdp_tp`), not code. `rules_from_config` reads another table from a config
+(`config.mesh.rules`). A dimension that does not divide by its mesh axes stays replicated, and
+`shardings_for` logs it once per parameter path.
 """
 
 from __future__ import annotations
@@ -27,13 +29,20 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
-LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+DEFAULT_RULES: Rules = (
     ("batch", BATCH_AXES),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("patch", None),
 )
+# Every logical name a rule may map: "batch" and `eofm.models.layers.LOGICAL_AXES`.
+LOGICAL_NAMES = tuple(name for name, _ in DEFAULT_RULES)
+
+# (parameter path, dim, mesh axes) already reported as replicated by `shardings_for`.
+_REPORTED: set[tuple[str, int, tuple[str, ...]]] = set()
 
 PRESETS: Mapping[str, Mapping[str, int]] = {
     "dp": {"data": -1, "fsdp": 1, "tensor": 1},
@@ -77,21 +86,70 @@ def make_mesh(
     )
 
 
+def default_rules_config() -> Rules:
+    """`DEFAULT_RULES` as a `config.mesh.rules` value (tuples of str / None, as ConfigDict holds).
+
+    A command-line flag replaces the whole table with a Python literal, e.g.
+    `--config.mesh.rules="(('batch', ('data', 'fsdp')), ('embed', None), ('mlp', 'tensor'),
+    ('heads', 'tensor'), ('patch', None))"`; `--config.mesh.rules="()"` means the default table.
+    Keep the trailing comma of a one-rule table, `"(('embed', None),)"`, or it parses as one pair.
+    """
+    return DEFAULT_RULES
+
+
+def rules_from_config(rules: Sequence[Sequence[Any]]) -> Rules:
+    """Canonical rules from `config.mesh.rules`: (logical name, mesh axes) pairs, lists or tuples.
+
+    Mesh axes are None, one axis name or a sequence of them (an empty one means None). An empty
+    table means `DEFAULT_RULES`; any other replaces it whole. Raises ValueError naming the pair
+    whose logical name is unknown or repeated, or whose mesh axes are not in MESH_AXES.
+    """
+    if not rules:
+        return DEFAULT_RULES
+    out = []
+    for pair in rules:
+        if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise ValueError(f"mesh rule {pair!r} is not a (logical axis, mesh axes) pair")
+        name, axes = pair
+        if name not in LOGICAL_NAMES:
+            raise ValueError(
+                f"mesh rule {pair!r}: unknown logical axis {name!r}; expected one of"
+                f" {LOGICAL_NAMES}"
+            )
+        if name in (n for n, _ in out):
+            raise ValueError(f"mesh rule {pair!r}: logical axis {name!r} has a rule already")
+        if axes is None or isinstance(axes, str) or not isinstance(axes, Sequence):
+            names = () if axes is None else (axes,)
+        else:
+            names = tuple(axes)
+        bad = [a for a in names if a not in MESH_AXES]
+        if bad or len(set(names)) != len(names):
+            raise ValueError(
+                f"mesh rule {pair!r}: mesh axes {axes!r} must be None or distinct names from"
+                f" {MESH_AXES}"
+            )
+        out.append((name, axes if isinstance(axes, str) else names or None))
+    return tuple(out)
+
+
 def logical_to_mesh(
     logical: PartitionSpec | Sequence[str | None],
     shape: Sequence[int],
     mesh: Mesh,
-    rules: Sequence[tuple[str, Any]] = LOGICAL_RULES,
-) -> PartitionSpec:
+    rules: Rules = DEFAULT_RULES,
+) -> tuple[PartitionSpec, list[tuple[int, int, tuple[str, ...]]]]:
     """Maps a logical PartitionSpec of an array of `shape` to mesh axes.
 
     A mesh axis is used at most once per array; a dimension not divisible by the product of its
-    mesh axes is replicated instead.
+    mesh axes is replicated instead. Returns the PartitionSpec and those replicated dimensions as
+    (dim index, size, mesh axes).
     """
     table = dict(rules)
     used: set[str] = set()
     out = []
-    for name, dim in zip(tuple(logical) + (None,) * (len(shape) - len(logical)), shape):
+    undivided = []
+    padded = tuple(logical) + (None,) * (len(shape) - len(logical))
+    for i, (name, dim) in enumerate(zip(padded, shape)):
         axes = table.get(name) if name is not None else None
         if name is not None and name not in table:
             raise ValueError(f"logical axis {name!r} has no rule; rules cover {sorted(table)}")
@@ -101,32 +159,63 @@ def logical_to_mesh(
             used.update(axes)
             out.append(axes[0] if len(axes) == 1 else axes)
         else:
+            if axes:
+                undivided.append((i, dim, axes))
             out.append(None)
-    return PartitionSpec(*out)
+    return PartitionSpec(*out), undivided
 
 
-def shardings_for(abstract_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
+def _path_name(path: tuple) -> str:
+    """'/'-joined names of a pytree key path (as `eofm.train.optim.param_path`)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def shardings_for(abstract_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
     """NamedShardings for a pytree of (abstract) arrays whose nnx Variables carry logical names.
 
-    Leaves without names (optimizer step counters, scalars) are replicated.
+    Leaves without names (optimizer step counters, scalars) are replicated. A dimension replicated
+    because it does not divide by its mesh axes is logged once per process and leaf path.
     """
 
-    def one(leaf):
+    def one(path, leaf):
         if isinstance(leaf, nnx.Variable):
             names = leaf.get_metadata().get("out_sharding") or ()
             value = leaf.get_value()
         else:
             names, value = (), leaf
-        spec = logical_to_mesh(names, np.shape(value), mesh, rules)
+        spec, undivided = logical_to_mesh(names, np.shape(value), mesh, rules)
+        for dim, size, axes in undivided:
+            name = _path_name(path)
+            if (name, dim, axes) not in _REPORTED:
+                _REPORTED.add((name, dim, axes))
+                devices = math.prod(mesh.shape[a] for a in axes)
+                logging.warning(
+                    "parameter %s: dim %d (%d) does not divide mesh axes %s (%d): replicated",
+                    name,
+                    dim,
+                    size,
+                    axes,
+                    devices,
+                )
         sharding = NamedSharding(mesh, spec)
         return leaf.replace(sharding) if isinstance(leaf, nnx.Variable) else sharding
 
-    return jax.tree.map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree_util.tree_map_with_path(
+        one, abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable)
+    )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) dimension split over every data-parallel axis."""
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def constrain_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
+    """`batch` with every array constrained to `batch_sharding(mesh)`; for use inside jit.
+
+    Each array's leading dimension is the batch, divisible by the data-parallel devices.
+    """
+    return jax.lax.with_sharding_constraint(dict(batch), batch_sharding(mesh))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -1,12 +1,14 @@
 r"""Evaluates an encoder on a downstream task (configs/finetune/*.py).
 
-  python finetune/main.py --config=configs/finetune/eurosat_ms_knn.py \
+  python finetune/main.py --config=configs/finetune/eurosat_ms.py:method=knn \
       --config.encoder=WORKDIR_OF_A_PRETRAINING_RUN --workdir=DIR
-  python finetune/main.py --config=configs/finetune/sen1floods11_upernet.py ...
+  python finetune/main.py --config=configs/finetune/sen1floods11.py:head=upernet ...
 
 `config.task` picks the runner: classification (knn, linear probe or finetuning, single- or
-multi-label) or segmentation / change_detection (a head on tapped encoder blocks). Every run writes
-DIR/report.json, DIR/report.md and PNG plots, and prints the metrics.
+multi-label) or segmentation / change_detection (a head on the encoder's feature levels). Every run
+writes DIR/report.json, DIR/report.md and PNG plots, and prints the metrics; trained heads (and
+finetuned encoders) are checkpointed in DIR/fit, and a finished DIR is re-evaluated without
+retraining.
 """
 
 import json

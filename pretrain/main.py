@@ -31,11 +31,10 @@ def main(argv):
     logging.getLogger().setLevel(logging.INFO)
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
-    task = pretrain.build_task(config, _WORKDIR.value)
-    last = loop.train(config, _WORKDIR.value, task)
-    if last:
+    result = loop.train(config, _WORKDIR.value, pretrain.workload(config, _WORKDIR.value))
+    if result.metrics:
         print(f"process {jax.process_index()}/{jax.process_count()}: finished at loss"
-              f" {last['loss']:.6f}", flush=True)
+              f" {result.metrics['loss']:.6f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,17 +2,20 @@ r"""Train-step speed and MFU of MAE, and ViT encoder speed in JAX against timm, 
 
   python scripts/bench_train.py [--variants=tiny,base --batch_size=8 --steps=3 --warmup_steps=1]
 
-MAE: the jitted train step of `pretrain/main.py` (`loop.setup` + `step.make_train_step`, AdamW,
+MAE: the jitted train step of `pretrain/main.py` (`loop.setup` + `loop.compile_step`, AdamW,
 norm-pix MAE loss) for the variants of configs/pretrain/mae.py, fed one synthetic float32 batch of
-the configured image size with `--in_chans` channels (14: the BigEarthNet S2 + S1 stack); no data
-is read. Encoder: forward + backward of mean(encoder(images)) for the plain ViT of the same variant
-names (ViT-Ti/16, ViT-B/16, ...) on 224 x 224 x 3 images, in JAX and in PyTorch eager with timm's
-`VisionTransformer` of the same shape (CLS token, token pooling, no head, no dropout) on all CPU
-threads; JAX and torch steps alternate.
+the configured image size and input bands (14: the BigEarthNet S2 + S1 stack); no data is read.
+Each variant runs twice: waiting for every step's loss on the host (a per-step NaN guard) and
+checking it one step behind, as `loop.train` does; the table gives both mean step times over
+`--steps` consecutive steps and their ratio. Encoder: forward + backward of mean(encoder(images))
+for the plain ViT of the MAE variants (192 wide x 6 blocks, ViT-B/16, ViT-L/16) on
+224 x 224 x 3 images, in JAX and in PyTorch eager with timm's `VisionTransformer` of the same
+shape (CLS token, token pooling, no head, no dropout) on all CPU threads; JAX and torch steps
+alternate, medians over `--steps` timed steps.
 
-Times are medians over `--steps` timed steps that follow `--warmup_steps` untimed ones (the first
-compiles); they move with other load on the machine, whose average the first line reports. FLOPs
-are the models' matmul counts (`mae_flops_per_example`, 3 x `vit_forward_flops`); MFU divides their
+Timed steps follow `--warmup_steps` untimed ones (the first compiles); they move with other load on
+the machine, whose average the first line reports. FLOPs
+are the models' matmul counts (`flops_per_example`, 3 x `vit_forward_flops`); MFU divides their
 rate by the measured throughput of a large float32 matmul (`measure_peak_flops`).
 
 The encoder table needs torch and timm and is skipped without them:
@@ -43,23 +46,18 @@ from absl import app, flags
 from flax import nnx
 
 from eofm import parallel
+from eofm.data import datasets, inputs
+from eofm.models import family
 from eofm.models import mae as mae_lib
 from eofm.models import vit as vit_lib
-from eofm.train import loop, pretrain
+from eofm.train import loop
 from eofm.train import metrics as metrics_lib
-from eofm.train import step as step_lib
 
 _CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "mae.py"
 _INSTALL = "pip install -e '.[bench]' && pip install --no-deps torchvision==0.16.2"
 # variant: (batch size, timed steps) when --batch_size / --steps are not given.
 _DEFAULTS = {"tiny": (32, 10), "base": (8, 3)}
-_VIT_NAMES = {
-    "tiny": "ViT-Ti",
-    "small": "ViT-S",
-    "base": "ViT-B",
-    "large": "ViT-L",
-    "huge": "ViT-H",
-}
+_VIT_NAMES = {"tiny": "ViT-192x6", "base": "ViT-B", "large": "ViT-L"}
 _ENCODER_IMAGE_SIZE = 224
 _ENCODER_CHANNELS = 3
 
@@ -67,7 +65,6 @@ _VARIANTS = flags.DEFINE_list("variants", ["tiny", "base"], "MAE config and ViT 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "MAE batch; default 32 (tiny), 8 (others).")
 _STEPS = flags.DEFINE_integer("steps", None, "Timed steps per row; default 10 (tiny), 3 (others).")
 _WARMUP = flags.DEFINE_integer("warmup_steps", 1, "Untimed steps before timing (the 1st compiles).")
-_IN_CHANS = flags.DEFINE_integer("in_chans", 14, "MAE input channels (12 S2 L2A + 2 S1 bands).")
 _ENCODER_BATCH = flags.DEFINE_integer("encoder_batch_size", 8, "Batch size of the encoder rows.")
 _CONFIG = flags.DEFINE_string("config_file", str(_CONFIG_FILE), "MAE config: get_config(variant).")
 
@@ -106,42 +103,60 @@ def _no_dataset(process_index: int, process_count: int):
     raise NotImplementedError("the benchmark feeds a synthetic batch")
 
 
-def _mae_train_step(config, in_chans: int) -> tuple[Callable[[int], None], float]:
-    """The jitted step of `loop.train` on a synthetic batch -> (run_step(i), FLOPs per example)."""
-    cfg = pretrain.mae_config(config, in_chans)
+def _mae_train_step(config, sync_every_step: bool) -> tuple[Callable[[int], None], Callable, float]:
+    """The loop's jitted step (`loop.setup` + `loop.compile_step`) on a synthetic batch of the
+    config's input bands -> (run_step(i), finish(), FLOPs per example).
+
+    run_step dispatches one step; with `sync_every_step` it waits for that step's loss, as a NaN
+    guard reading every loss would; otherwise it checks the previous step's loss, as `loop.train`
+    does. finish() waits for the last step.
+    """
+    source = datasets.make_source(config.data.source, **config.data.source_args)
+    specs = inputs.input_specs(config.data, source.specs)
     size = config.data.image_size
-    task = loop.Task(
+    make_model = family.model_builder(config, specs)
+    workload = loop.Workload(
         name=config.model_name,
         variant=config.variant,
-        make_model=lambda rngs: mae_lib.MAE(cfg, rngs=rngs),
-        loss_fn=pretrain.mae_loss,
+        make_model=make_model,
+        loss_fn=lambda model, batch, rng: model.loss(batch, rng),
         make_dataset=_no_dataset,
-        input_keys=(pretrain.INPUT_KEY,),
-        flops_per_example=mae_lib.mae_flops_per_example(cfg, (size, size)),
+        input_keys=tuple(specs),
     )
     mesh = loop.make_mesh(config)
-    run = loop.setup(config, task, mesh)
-    state = jax.jit(lambda: run.init()[0], out_shardings=run.state_shardings)()
-    rest = jax.jit(lambda: run.init()[1], out_shardings=run.rest_shardings)()
-    batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-    train_step = jax.jit(
-        step_lib.make_train_step(
-            run.graphdef, rest, run.tx, run.schedule, task.loss_fn, config.grad_accum_steps
-        ),
-        in_shardings=(run.state_shardings, batch_sharding, replicated),
-        out_shardings=(run.state_shardings, replicated),
-    )
-    images = jax.random.normal(jax.random.key(0), (config.batch_size, size, size, in_chans))
-    batch = {pretrain.INPUT_KEY: jax.device_put(images, batch_sharding)}
+    plan = loop.setup(config, workload, mesh)
+    state = jax.jit(plan.init, out_shardings=plan.state_shardings)()
+    train_step = loop.compile_step(config, workload, plan)
+    batch_sharding = parallel.batch_sharding(mesh)
+    rng = jax.random.key(0)
+    batch = {
+        k: jax.device_put(
+            jax.random.normal(
+                jax.random.fold_in(rng, i), (config.batch_size, size, size, len(spec.bands))
+            ),
+            batch_sharding,
+        )
+        for i, (k, spec) in enumerate(specs.items())
+    }
     base_key = jax.random.key(config.seed)
+    previous = None
 
     def run_step(i: int) -> None:
-        nonlocal state
+        nonlocal state, previous
         with jax.set_mesh(mesh):  # As in `loop.train`.
             state, step_metrics = train_step(state, batch, jax.random.fold_in(base_key, i))
-        jax.block_until_ready((state, step_metrics))
+        if sync_every_step:
+            float(step_metrics["loss"])
+        elif previous is not None:
+            float(previous["loss"])
+        previous = step_metrics
 
-    return run_step, task.flops_per_example
+    def finish() -> None:
+        jax.block_until_ready(state)
+
+    with nnx.use_eager_sharding(False):
+        flops = nnx.eval_shape(lambda: make_model(nnx.Rngs(0))).flops_per_example(size)
+    return run_step, finish, flops
 
 
 def _jax_encoder_step(cfg: vit_lib.ViTConfig, batch_size: int) -> Callable[[int], None]:
@@ -220,6 +235,19 @@ def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         print(line(row))
 
 
+def _mean_seconds(run_step: Callable[[int], None], finish: Callable, steps: int) -> float:
+    """Mean wall time per step of `steps` consecutive steps after `--warmup_steps` untimed ones
+    (steps are dispatched back to back, so the host may run ahead of the device)."""
+    for i in range(_WARMUP.value):
+        run_step(i)
+    finish()
+    start = time.perf_counter()
+    for i in range(_WARMUP.value, _WARMUP.value + steps):
+        run_step(i)
+    finish()
+    return (time.perf_counter() - start) / steps
+
+
 def _mae_table(peak: float) -> None:
     configs = _load_config_module(_CONFIG.value)
     rows = []
@@ -227,25 +255,42 @@ def _mae_table(peak: float) -> None:
         batch_size, steps = _defaults(variant)
         config = configs.get_config(variant)
         config.batch_size = batch_size
-        run_step, flops_per_example = _mae_train_step(config, _IN_CHANS.value)
-        (seconds,) = _median_seconds([run_step], steps)
+        timings = {}
+        for sync in (True, False):
+            run_step, finish, flops_per_example = _mae_train_step(config, sync)
+            timings[sync] = _mean_seconds(run_step, finish, steps)
+        seconds = timings[False]
         flops = flops_per_example * batch_size / seconds
         size = config.data.image_size
         rows.append(
             [
                 variant,
-                f"{size}x{size}x{_IN_CHANS.value}",
+                f"{size}x{size}",
                 str(batch_size),
                 str(steps),
+                f"{timings[True] * 1e3:.1f}",
                 f"{seconds * 1e3:.1f}",
+                f"{timings[True] / seconds:.3f}",
                 f"{batch_size / seconds:.1f}",
                 f"{flops / 1e9:.1f}",
                 f"{flops / peak:.1%}",
             ]
         )
     _print_table(
-        "MAE train step (loop.setup + step.make_train_step, synthetic float32 input)",
-        ["config", "input", "batch", "steps", "step ms", "images/s", "GFLOP/s", "MFU"],
+        "MAE train step (loop.setup + loop.compile_step, synthetic float32 input): with a sync on"
+        " every step's loss vs the loop's check one step behind",
+        [
+            "config",
+            "input",
+            "batch",
+            "steps",
+            "synced ms",
+            "loop ms",
+            "synced/loop",
+            "images/s",
+            "GFLOP/s",
+            "MFU",
+        ],
         rows,
     )
 
@@ -261,7 +306,11 @@ def _encoder_table(peak: float) -> None:
     batch_size = _ENCODER_BATCH.value
     rows = []
     for variant in _VARIANTS.value:
-        cfg = vit_lib.vit_config(variant, in_chans=_ENCODER_CHANNELS)
+        shape = {
+            k: mae_lib.VARIANTS[variant][k]
+            for k in ("patch_size", "embed_dim", "depth", "num_heads")
+        }
+        cfg = vit_lib.ViTConfig(**shape, in_chans=_ENCODER_CHANNELS)
         num_patches = (_ENCODER_IMAGE_SIZE // cfg.patch_size) ** 2
         flops = 3 * vit_lib.vit_forward_flops(cfg, 1 + num_patches) * batch_size
         steps = _defaults(variant)[1]

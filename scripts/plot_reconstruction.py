@@ -31,13 +31,13 @@ _OUT = flags.DEFINE_string("out", None, "PNG path (default WORKDIR/reconstructio
 _NUM = flags.DEFINE_integer("num", 4, "Samples to show.")
 
 
-def _channels(source, sensors, wanted):
+def _channels(specs, wanted):
     """Indices of `wanted` (sensor, band) pairs in the stacked input, or None if absent."""
     offset, out = 0, {}
-    for key in sensors:
-        for i, band in enumerate(source.specs[key].bands):
+    for key, spec in specs.items():
+        for i, band in enumerate(spec.bands):
             out[(key, band)] = offset + i
-        offset += len(source.specs[key].bands)
+        offset += len(spec.bands)
     idx = [out.get(w) for w in wanted]
     return None if None in idx else idx
 
@@ -46,18 +46,16 @@ def main(argv):
     del argv
     logging.getLogger().setLevel(logging.INFO)
     config = _CONFIG.value
-    task = pretrain.build_task(config, _WORKDIR.value)
-    step, model = loop.restore_model(config, _WORKDIR.value, task)
-    batch = next(pipeline.make_iterator(task.make_dataset(0, 1)))
-    images = np.asarray(batch[pretrain.INPUT_KEY][: _NUM.value])
+    workload = pretrain.workload(config, _WORKDIR.value)
+    step, model = loop.restore_model(config, _WORKDIR.value, workload)
+    batch = next(pipeline.make_iterator(workload.make_dataset(0, 1)))
+    images = np.asarray(model.stack(batch)[: _NUM.value])
     recon, mask = model.reconstruct(images, jax.random.key(config.seed))
     recon, mask = np.asarray(recon), np.asarray(mask)[..., None]
     pasted = np.where(mask > 0, recon, images)
 
-    source = pretrain.prepared_source(config, Path(_WORKDIR.value))
-    sensors = tuple(config.data.sensors)
-    rgb = _channels(source, sensors, [("s2", "B04"), ("s2", "B03"), ("s2", "B02")])
-    vv = _channels(source, sensors, [("s1", "VV")])
+    rgb = _channels(model.inputs, [("s2", "B04"), ("s2", "B03"), ("s2", "B02")])
+    vv = _channels(model.inputs, [("s1", "VV")])
     if rgb is None:
         rgb = [0, 0, 0]
     visible = np.where(mask > 0, np.nan, images)  # masked patches show as blank

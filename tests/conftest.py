@@ -51,27 +51,28 @@ def small_smarties_run(tmp_path_factory, pretrain_config):
     config.total_steps = 10
     config.warmup_steps = 2
     config.peak_flops = 1e11
-    loop.train(config, workdir, pretrain.build_task(config, workdir))
+    loop.train(config, workdir, pretrain.workload(config, workdir))
     return workdir
 
 
 @pytest.fixture(scope="session")
 def finetune_config():
-    """Loader of `configs/finetune/<name>.py` with data roots pointed at ../shared/data."""
+    """Loader of `configs/finetune/<name>.py[:arg]` with data roots pointed at ../shared/data."""
     import importlib.util
 
     root = Path(__file__).resolve().parents[1]
 
-    def load(name: str):
+    def load(name: str, arg: str = ""):
         spec = importlib.util.spec_from_file_location(
             f"finetune_config_{name}", root / "configs" / "finetune" / f"{name}.py"
         )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        config = module.get_config()
+        config = module.get_config(arg)
         if "root" in config.data.source_args:
             relative = config.data.source_args.root.removeprefix("../shared/data/")
             config.data.source_args.root = str(SHARED_DATA / relative)
+        config.lock()  # a misspelt key is an error, as on the command line
         return config
 
     return load

@@ -16,9 +16,8 @@ from param_helpers import params, randomize
 from eofm.convert import smarties as convert
 from eofm.convert import torch_state
 from eofm.data.datasets import eurosat_ms
-from eofm.models.mae import MAEConfig
+from eofm.data.spec import SensorSpec
 from eofm.models.smarties import Smarties, SmartiesConfig, View
-from eofm.models.vit import ViTConfig
 
 D, DEPTH, HEADS, P = 32, 2, 2, 8
 DD = 16
@@ -27,18 +26,19 @@ IMAGE_SIZE = 32
 
 
 def tiny_cfg(**encoder) -> SmartiesConfig:
-    vit = ViTConfig(
-        **{"patch_size": P, "embed_dim": D, "depth": DEPTH, "num_heads": HEADS} | encoder
-    )
+    sizes = {"patch_size": P, "embed_dim": D, "depth": DEPTH, "num_heads": HEADS} | encoder
     return SmartiesConfig(
-        mae=MAEConfig(encoder=vit, decoder_dim=DD, decoder_depth=1, decoder_heads=2),
-        num_ranges=RANGES,
+        **sizes, in_chans=0, decoder_dim=DD, decoder_depth=1, decoder_heads=2, num_ranges=RANGES
     )
+
+
+def smarties(cfg: SmartiesConfig | None = None, seed: int = 0) -> Smarties:
+    return Smarties(cfg or tiny_cfg(), convert.DEFAULT_INPUTS, rngs=nnx.Rngs(seed))
 
 
 def trained_model(seed: int = 0, cfg: SmartiesConfig | None = None) -> Smarties:
     """A model whose every parameter (zero biases, unit scales included) is random."""
-    return randomize(Smarties(cfg or tiny_cfg(), rngs=nnx.Rngs(seed)), seed)
+    return randomize(smarties(cfg, seed), seed)
 
 
 def without_decoder(state: dict) -> dict:
@@ -68,6 +68,12 @@ def test_round_trip_through_safetensors(tmp_path, sample):
     assert want.keys() == got.keys()
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=str(key))
+    # The inputs (what the pretraining loss reads) are the released pair unless given.
+    assert model_b.inputs == convert.DEFAULT_INPUTS
+    rgb = {"rgb": SensorSpec.full("rgb")}
+    model_c = convert.load_smarties(path, tiny_cfg(), inputs=rgb, rngs=nnx.Rngs(1))
+    assert model_c.inputs == rgb
+    assert all(np.array_equal(v, want[k]) for k, v in params(model_c).items())
 
     @nnx.jit
     def encode_and_loss(model: Smarties, images: jax.Array, key: jax.Array):
@@ -123,7 +129,7 @@ def test_qkv_layout_matches_torch():
     w_qkv = rng.standard_normal((3 * D, D), np.float32) / np.sqrt(D)
     b_qkv = rng.standard_normal(3 * D, np.float32)
     state["blocks.0.attn.qkv.weight"], state["blocks.0.attn.qkv.bias"] = w_qkv, b_qkv
-    model = Smarties(tiny_cfg(), rngs=nnx.Rngs(1))
+    model = smarties(seed=1)
     convert.to_eofm(state, model)
     attn = model.encoder.blocks[0].attn
 
@@ -151,7 +157,7 @@ def test_all_problems_listed_in_one_error():
     del state["blocks.0.norm1.weight"]
     state["blocks.0.attn.extra"] = np.zeros(3, np.float32)
     state["blocks.1.mlp.fc1.weight"] = np.zeros((5, 7), np.float32)
-    model = Smarties(tiny_cfg(), rngs=nnx.Rngs(1))
+    model = smarties(seed=1)
     before = params(model)
     with pytest.raises(convert.ConversionError) as info:
         convert.to_eofm(state, model, source="bad.safetensors")
@@ -180,7 +186,7 @@ def test_config_mismatch_shows_in_shapes(tmp_path):
 def test_checkpoint_of_another_model():
     state = {"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)}
     with pytest.raises(convert.ConversionError) as info:
-        convert.to_eofm(state, Smarties(tiny_cfg(), rngs=nnx.Rngs(0)), source="resnet.pt")
+        convert.to_eofm(state, smarties(seed=0), source="resnet.pt")
     assert info.value.unexpected == ["conv1.weight"]
     assert "cls_token" in info.value.missing
     assert "resnet.pt" in str(info.value) and "is a SMARTIES key" in str(info.value)
@@ -193,7 +199,7 @@ def test_encoder_only_file_loads(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         model_b = convert.load_smarties(path, tiny_cfg(), rngs=nnx.Rngs(1))
     assert "missing (decoder, not in the file)" in caplog.text
-    trained, init = params(model_a), params(Smarties(tiny_cfg(), rngs=nnx.Rngs(1)))
+    trained, init = params(model_a), params(smarties(seed=1))
     for key, value in params(model_b).items():
         np.testing.assert_array_equal(value, (trained if key[0] == "encoder" else init)[key])
 
@@ -204,7 +210,7 @@ def test_encoder_only_file_loads(tmp_path, caplog):
 
 
 def test_position_tables_are_checked(caplog):
-    model = Smarties(tiny_cfg(), rngs=nnx.Rngs(1))
+    model = smarties(seed=1)
     state = convert.from_eofm(trained_model(0), image_size=IMAGE_SIZE)
     # A table of another grid than the one asked for is not compared.
     with caplog.at_level(logging.INFO):

@@ -14,22 +14,23 @@ from param_helpers import params, randomize
 from eofm.convert import croma as convert
 from eofm.convert import smarties as smarties_convert
 from eofm.convert import torch_state
+from eofm.data.spec import SensorSpec
+from eofm.models import croma
 from eofm.models.croma import Croma, CromaConfig
-from eofm.models.mae import MAEConfig
 from eofm.models.smarties import Smarties, SmartiesConfig
-from eofm.models.vit import ViTConfig
 
 D, DEPTH, HEADS, P = 32, 2, 4, 8
 CFG = CromaConfig(
     embed_dim=D, depth=DEPTH, num_heads=HEADS, decoder_dim=16, decoder_heads=2, decoder_mlp_dim=32
 )
+INPUTS = convert.DEFAULT_INPUTS  # optical (12 bands), radar
 IMAGE_HW = (24, 16)  # a 3 x 2 patch grid: rows and columns cannot be confused
 PRETRAINING_ONLY = set(convert.PRETRAINING_ONLY)
 
 
 def trained_model(seed: int = 0, cfg: CromaConfig = CFG) -> Croma:
     """A model whose every parameter (zero biases, unit scales included) is random."""
-    return randomize(Croma(cfg, rngs=nnx.Rngs(seed)), seed)
+    return randomize(Croma(cfg, INPUTS, rngs=nnx.Rngs(seed)), seed)
 
 
 def images(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -60,10 +61,13 @@ def test_round_trip_through_safetensors(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         model_b = convert.load_croma(path, CFG, rngs=nnx.Rngs(1))
     assert "pretraining-only parameters" in caplog.text
+    # Default inputs: optical (12 bands) then radar, as CROMA's input contract requires.
+    assert model_b.inputs == convert.DEFAULT_INPUTS
+    assert croma.from_data(model_b.inputs, 120) == {"optical_channels": 12, "radar_channels": 2}
     for name in PRETRAINING_ONLY:
         assert name in caplog.text
 
-    trained, init = params(model_a), params(Croma(CFG, rngs=nnx.Rngs(1)))
+    trained, init = params(model_a), params(Croma(CFG, INPUTS, rngs=nnx.Rngs(1)))
     for key, value in params(model_b).items():
         want = init[key] if key[0] in PRETRAINING_ONLY else trained[key]
         np.testing.assert_array_equal(value, want, err_msg=str(key))
@@ -124,7 +128,7 @@ def test_qkv_layout_matches_torch(released):
     w_qkv = rng.standard_normal((3 * D, D), np.float32) / np.sqrt(D)
     state = dict(released)
     state["s2_encoder.transformer.layers.0.0.to_qkv.weight"] = w_qkv
-    model = Croma(CFG, rngs=nnx.Rngs(1))
+    model = Croma(CFG, INPUTS, rngs=nnx.Rngs(1))
     convert.to_eofm(state, model)
     attn = model.optical.blocks[0].attn
 
@@ -225,7 +229,7 @@ def _released_forward(state, optical, radar):
 
 
 def test_matches_the_released_forward_pass(released):
-    model = Croma(CFG, rngs=nnx.Rngs(1))
+    model = Croma(CFG, INPUTS, rngs=nnx.Rngs(1))
     convert.to_eofm(released, model)
     got = encode(model, *images(1))
     want = _released_forward(released, *images(1))
@@ -242,7 +246,7 @@ def test_all_problems_listed_in_one_error(released):
     del state["joint_encoder.layers.0.1.to_k.weight"]
     state["s1_GAP_FFN.2.weight"] = np.zeros(3, np.float32)
     state["s2_encoder.transformer.layers.1.1.net.3.weight"] = np.zeros((5, 7), np.float32)
-    model = Croma(CFG, rngs=nnx.Rngs(1))
+    model = Croma(CFG, INPUTS, rngs=nnx.Rngs(1))
     before = params(model)
     with pytest.raises(convert.ConversionError) as info:
         convert.to_eofm(state, model, source="bad.safetensors")
@@ -264,7 +268,7 @@ def test_depth_mismatch_is_described():
     deep = dataclasses.replace(CFG, depth=4)
     state = convert.from_eofm(trained_model(0, deep))
     with pytest.raises(convert.ConversionError) as info:
-        convert.to_eofm(state, Croma(CFG, rngs=nnx.Rngs(0)), source="deep.pt")
+        convert.to_eofm(state, Croma(CFG, INPUTS, rngs=nnx.Rngs(0)), source="deep.pt")
     assert "s2_encoder.transformer.layers.3.1.net.3.weight" in info.value.unexpected
     assert "joint_encoder.layers.1.2.input_norm.weight" in info.value.unexpected
     assert not info.value.missing and not info.value.mismatched
@@ -272,12 +276,23 @@ def test_depth_mismatch_is_described():
 
 
 def test_smarties_checkpoint_is_refused():
-    vit = ViTConfig(patch_size=P, embed_dim=D, depth=DEPTH, num_heads=HEADS)
-    mae = MAEConfig(encoder=vit, decoder_dim=16, decoder_depth=1, decoder_heads=2)
-    smarties = Smarties(SmartiesConfig(mae=mae, num_ranges=3), rngs=nnx.Rngs(0))
+    cfg = SmartiesConfig(
+        patch_size=P,
+        embed_dim=D,
+        depth=DEPTH,
+        num_heads=HEADS,
+        in_chans=0,
+        decoder_dim=16,
+        decoder_depth=1,
+        decoder_heads=2,
+        num_ranges=3,
+    )
+    # Three spectral ranges cover B01 and B02 only.
+    s2 = SensorSpec("sentinel2_l2a", ("B01", "B02"))
+    smarties = Smarties(cfg, {"s2": s2}, rngs=nnx.Rngs(0))
     state = smarties_convert.from_eofm(smarties, image_size=32)
     with pytest.raises(convert.ConversionError) as info:
-        convert.to_eofm(state, Croma(CFG, rngs=nnx.Rngs(0)), source="smarties.pt")
+        convert.to_eofm(state, Croma(CFG, INPUTS, rngs=nnx.Rngs(0)), source="smarties.pt")
     error = info.value
     assert "s2_encoder.linear_input.weight" in error.missing
     assert "cls_token" in error.unexpected and "blocks.0.attn.qkv.weight" in error.unexpected
@@ -302,7 +317,7 @@ def nested(state: dict[str, np.ndarray], parts: dict[str, str] | None = None) ->
 
 
 def test_nested_and_module_state_dicts(released):
-    model_a = Croma(CFG, rngs=nnx.Rngs(1))
+    model_a = Croma(CFG, INPUTS, rngs=nnx.Rngs(1))
     convert.to_eofm(released, model_a)
     # The released file as torch.load returns it, and a `PretrainedCROMA.state_dict()`.
     aliases = {
@@ -313,7 +328,7 @@ def test_nested_and_module_state_dicts(released):
     module_state = torch_state.flatten(nested(released, aliases))
     assert "cross_encoder.layers.0.1.to_k.weight" in module_state
     for state in (nested(released), module_state):
-        model_b = Croma(CFG, rngs=nnx.Rngs(1))
+        model_b = Croma(CFG, INPUTS, rngs=nnx.Rngs(1))
         convert.to_eofm(state, model_b)
         want = params(model_a)
         assert all(np.array_equal(v, want[k]) for k, v in params(model_b).items())
@@ -335,7 +350,7 @@ def test_released_torch_file(tmp_path):
 
     # torch tensors straight from torch.load, bfloat16 included.
     tensors = nested({k: torch.from_numpy(v).bfloat16() for k, v in state.items()})
-    model_c = Croma(CFG, rngs=nnx.Rngs(1))
+    model_c = Croma(CFG, INPUTS, rngs=nnx.Rngs(1))
     convert.to_eofm(tensors, model_c)
     got = params(model_c)[("optical", "embed", "kernel")]
     np.testing.assert_allclose(got, trained[("optical", "embed", "kernel")], rtol=1e-2, atol=1e-2)

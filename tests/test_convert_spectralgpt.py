@@ -15,6 +15,7 @@ from param_helpers import params, randomize
 from eofm.convert import croma as croma_convert
 from eofm.convert import spectralgpt as convert
 from eofm.convert import torch_state
+from eofm.models import spectralgpt
 from eofm.models.croma import Croma, CromaConfig
 from eofm.models.spectralgpt import SpectralGPT, SpectralGPTConfig, cubify
 
@@ -29,11 +30,12 @@ CFG = SpectralGPTConfig(
     decoder_heads=2,
 )
 GRID = S // 8
+INPUTS = convert.DEFAULT_INPUTS  # the 12 bands of spectralgpt.BANDS
 
 
 def trained_model(seed: int = 0, cfg: SpectralGPTConfig = CFG) -> SpectralGPT:
     """A model whose every parameter (zero biases, unit scales included) is random."""
-    return randomize(SpectralGPT(cfg, rngs=nnx.Rngs(seed)), seed)
+    return randomize(SpectralGPT(cfg, INPUTS, rngs=nnx.Rngs(seed)), seed)
 
 
 def images(seed: int = 0, size: int = S) -> np.ndarray:
@@ -64,6 +66,9 @@ def test_round_trip_through_safetensors(tmp_path):
     path = tmp_path / "spectralgpt.safetensors"
     torch_state.save_safetensors(path, convert.from_eofm(model_a))
     model_b = convert.load_spectralgpt(path, CFG, rngs=nnx.Rngs(1))
+    # Default inputs: the 12 bands SpectralGPT reads, as its input contract requires.
+    assert model_b.inputs == convert.DEFAULT_INPUTS
+    assert spectralgpt.from_data(model_b.inputs, S) == {"image_size": S}
     want = params(model_a)
     for key, value in params(model_b).items():
         np.testing.assert_array_equal(value, want[key], err_msg=str(key))
@@ -126,7 +131,7 @@ def conv3d(volume: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarr
 
 
 def test_patch_embedding_is_the_official_conv3d(official):
-    model = SpectralGPT(CFG, rngs=nnx.Rngs(1))
+    model = SpectralGPT(CFG, INPUTS, rngs=nnx.Rngs(1))
     convert.to_eofm(official, model)
     image = images(2)[0]
     # The official model sees the bands as 12 frames of a 1-channel volume [1, T, H, W].
@@ -143,7 +148,7 @@ def test_separate_qkv_linears(official):
     for part in "qkv":
         state[f"blocks.0.attn.{part}.weight"] = rng.standard_normal((D, D), np.float32) / 6
         state[f"blocks.0.attn.{part}.bias"] = rng.standard_normal(D, np.float32)
-    model = SpectralGPT(CFG, rngs=nnx.Rngs(1))
+    model = SpectralGPT(CFG, INPUTS, rngs=nnx.Rngs(1))
     convert.to_eofm(state, model)
     attn = model.blocks[0].attn
 
@@ -169,7 +174,7 @@ def test_separate_qkv_linears(official):
 def test_checkpoint_of_another_image_size_is_interpolated(official, caplog):
     big = dataclasses.replace(CFG, image_size=48)  # a 6 x 6 grid from the 4 x 4 one
     with caplog.at_level(logging.INFO):
-        model = SpectralGPT(big, rngs=nnx.Rngs(1))
+        model = SpectralGPT(big, INPUTS, rngs=nnx.Rngs(1))
         convert.to_eofm(official, model, source="spectralgpt_32px.pth")
     assert "spectralgpt_32px.pth: pos_embed_spatial interpolated from a 4x4 grid (32 px)" in (
         caplog.text
@@ -202,7 +207,7 @@ def test_all_problems_listed_in_one_error(official):
     state["blocks.0.attn.qkv.weight"] = np.zeros((3 * D, D), np.float32)
     state["patch_embed.proj.weight"] = np.zeros((D, 12, 8, 8), np.float32)
     state["pos_embed_spatial"] = np.zeros((1, 15, D), np.float32)  # not a square grid
-    model = SpectralGPT(CFG, rngs=nnx.Rngs(1))
+    model = SpectralGPT(CFG, INPUTS, rngs=nnx.Rngs(1))
     before = params(model)
     with pytest.raises(convert.ConversionError) as info:
         convert.to_eofm(state, model, source="bad.pth")
@@ -226,10 +231,10 @@ def test_croma_checkpoint_is_refused(official):
     croma_cfg = CromaConfig(
         embed_dim=D, depth=DEPTH, num_heads=4, decoder_dim=16, decoder_heads=2, decoder_mlp_dim=32
     )
-    croma = Croma(croma_cfg, rngs=nnx.Rngs(0))
+    croma = Croma(croma_cfg, croma_convert.DEFAULT_INPUTS, rngs=nnx.Rngs(0))
     state = croma_convert.from_eofm(croma)
     with pytest.raises(convert.ConversionError) as info:
-        convert.to_eofm(state, SpectralGPT(CFG, rngs=nnx.Rngs(0)), source="CROMA_base.pt")
+        convert.to_eofm(state, SpectralGPT(CFG, INPUTS, rngs=nnx.Rngs(0)), source="CROMA_base.pt")
     error = info.value
     assert "patch_embed.proj.weight" in error.missing and "blocks.0.attn.q.weight" in error.missing
     assert "s2_encoder.linear_input.weight" in error.unexpected

@@ -10,12 +10,15 @@ import pytest
 from flax import nnx
 
 from eofm import parallel
+from eofm.data.spec import SensorSpec
 from eofm.models import croma, layers
 from eofm.train import loop, pretrain
 
 CFG = croma.CromaConfig(
     embed_dim=32, depth=2, num_heads=4, decoder_dim=16, decoder_heads=2, decoder_mlp_dim=32
 )
+# Optical (12 Sentinel-2 L2A bands), then radar (VV, VH).
+INPUTS = {"s2": SensorSpec.full("sentinel2_l2a"), "s1": SensorSpec.full("sentinel1_grd")}
 
 
 def test_alibi_slopes():
@@ -98,7 +101,7 @@ def test_gathered_contrastive_loss_equals_single_device():
 
 
 def test_encodings_at_training_and_larger_sizes():
-    model = croma.Croma(CFG, rngs=nnx.Rngs(0))
+    model = croma.Croma(CFG, INPUTS, rngs=nnx.Rngs(0))
     for size in (120, 240):
         optical = jax.random.normal(jax.random.key(0), (1, size, size, 12))
         radar = jax.random.normal(jax.random.key(1), (1, size, size, 2))
@@ -109,6 +112,35 @@ def test_encodings_at_training_and_larger_sizes():
             assert tokens.shape == (1, n, 32) and pooled.shape == (1, 32)
             assert np.isfinite(np.asarray(tokens)).all()
         assert set(model.encode(optical=optical)) == {"optical"}
+
+
+def test_features_read_the_optical_bands_by_name():
+    model = croma.Croma(CFG, INPUTS, rngs=nnx.Rngs(0))
+    optical = jax.random.normal(jax.random.key(0), (1, 32, 48, 12))
+    # Sentinel-2 L1C: the 12 optical bands and B10, which the optical encoder does not read.
+    l1c = SensorSpec.full("sentinel2_l1c")
+    assert len(l1c.bands) == 13
+    order = [l1c.bands.index(b) for b in INPUTS["s2"].bands]
+    images = jnp.zeros((1, 32, 48, 13)).at[..., jnp.asarray(order)].set(optical)
+    images = images.at[..., l1c.bands.index("B10")].set(7.0)
+    assert model.missing_bands(l1c) == ()
+
+    @nnx.jit
+    def run(m):
+        return (
+            m.features(images, l1c),
+            m.encode(optical=optical)["optical"],
+            m.features(images, l1c, taps=(0,)),
+        )
+
+    out, (tokens, pooled), tapped = run(model)
+    np.testing.assert_allclose(out["pooled"], pooled, rtol=1e-5, atol=1e-6)
+    assert [level.shape for level in out["levels"]] == [(1, 4, 6, 32)] * 4
+    # The deepest default tap is the last block, final norm included: the encoder's tokens.
+    np.testing.assert_allclose(out["levels"][-1], tokens.reshape(1, 4, 6, 32), rtol=1e-5, atol=1e-5)
+    assert [level.shape for level in tapped["levels"]] == [(1, 4, 6, 32)]
+    with pytest.raises(ValueError, match="B01"):
+        model.missing_bands(SensorSpec("sentinel2_l2a", ("B02", "B03", "B04")))
 
 
 def test_short_pretraining_run_learns_to_match_pairs(tmp_path, pretrain_config):
@@ -129,7 +161,7 @@ def test_short_pretraining_run_learns_to_match_pairs(tmp_path, pretrain_config):
     # Tensor parallelism over the 8 test devices keeps the batch whole: with 8 data-parallel
     # devices each would hold one pair and see gradient from its own row only.
     config.mesh.update(dict(preset="fsdp_tp", fsdp=1, tensor=8))
-    loop.train(config, tmp_path, pretrain.build_task(config, tmp_path))
+    loop.train(config, tmp_path, pretrain.workload(config, tmp_path))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
     accuracy = [r["contrastive_accuracy"] for r in records]
     chance = 1 / config.batch_size

@@ -6,13 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from eofm.eval import classification, encoders, trainer
-from eofm.train import optim
+from eofm.eval import classification, encoders
+from eofm.eval import fit as fit_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +32,7 @@ def test_knn_probe_random_and_pretrained(
         ("random", "random:configs/pretrain/mae.py:tiny"),
         ("pretrained", str(small_smarties_run)),
     ]:
-        config = finetune_config("eurosat_ms_knn")
+        config = finetune_config("eurosat_ms", "method=knn")
         config.encoder = encoder
         report = classification.run(config, tmp_path / name)
         results[name] = report
@@ -55,7 +54,7 @@ def test_knn_probe_random_and_pretrained(
 
 
 def test_linear_probe_end_to_end(small_smarties_run, tmp_path, finetune_config):
-    config = finetune_config("eurosat_ms_linear")
+    config = finetune_config("eurosat_ms", "method=linear")
     config.encoder = str(small_smarties_run)
     config.linear.steps = 50
     report = classification.run(config, tmp_path)
@@ -73,36 +72,37 @@ def _params(model):
 
 def test_llrd_scales_follow_depth(small_smarties_run):
     encoder = encoders.load_encoder(str(small_smarties_run))
-    params = {"encoder": nnx.state(encoder.model, nnx.Param), "head": {"w": np.zeros(2)}}
-    scales = optim.layer_scales(params, encoder.depth + 1, 0.5, encoder.layer_of)
-    flat = jax.tree_util.tree_flatten_with_path(scales)[0]
-    scales = {optim.param_path(p).removesuffix("/value"): s for p, s in flat}
+    scale = fit_lib.layer_decay(encoder, 0.5)
     # depth 2: embeddings 0.5**3, block i 0.5**(2 - i), final norm and head 1.
-    assert scales["encoder/encoder/patch_embed/kernel"] == 0.5**3
-    assert scales["encoder/encoder/cls_token"] == 0.5**3
-    assert scales["encoder/encoder/blocks/0/attn/qkv/kernel"] == 0.5**2
-    assert scales["encoder/encoder/blocks/1/mlp/fc2/kernel"] == 0.5
-    assert scales["encoder/encoder/norm/scale"] == 1.0
-    assert scales["head/w"] == 1.0
+    assert scale("encoder/encoder/patch_embed/kernel") == 0.5**3
+    assert scale("encoder/encoder/cls_token") == 0.5**3
+    assert scale("encoder/encoder/blocks/0/attn/qkv/kernel") == 0.5**2
+    assert scale("encoder/encoder/blocks/1/mlp/fc2/kernel") == 0.5
+    assert scale("encoder/encoder/norm/scale") == 1.0
+    assert scale("head/w") == 1.0
+    trained = fit_lib.trainable(encoder, finetune=True)
+    assert trained("head/w") and trained("encoder/encoder/blocks/0/attn/qkv/kernel")
+    assert not trained("encoder/decoder/blocks/0/attn/qkv/kernel")
+    assert not fit_lib.trainable(encoder, finetune=False)("encoder/encoder/norm/scale")
 
 
 @pytest.mark.parametrize("finetune", [False, True])
 def test_finetune_trains_head_and_encoder_only_when_asked(
     small_smarties_run, tmp_path, finetune_config, monkeypatch, finetune
 ):
-    config = finetune_config("eurosat_ms_finetune")
+    config = finetune_config("eurosat_ms", "method=finetune")
     config.encoder = str(small_smarties_run)
-    config.finetune.update(steps=30, warmup_steps=3, lr=3e-3, finetune=finetune, log_every=10)
+    config.fit.update(total_steps=30, warmup_fraction=0.1, lr=3e-3, finetune=finetune, log_every=10)
     before = _params(encoders.load_encoder(config.encoder).model)
     trained = {}
-    real_fit = trainer.fit
+    real_fit = fit_lib.fit
 
-    def spy(encoder, *args, **kwargs):
-        model, head, history = real_fit(encoder, *args, **kwargs)
+    def spy(*args, **kwargs):
+        model, head, history = real_fit(*args, **kwargs)
         trained.update(_params(model))
         return model, head, history
 
-    monkeypatch.setattr(trainer, "fit", spy)
+    monkeypatch.setattr(fit_lib, "fit", spy)
     report = classification.run(config, tmp_path)
     history = report["finetune"]["history"]
     assert [h["step"] for h in history] == [10, 20, 30]
@@ -119,9 +119,8 @@ def test_finetune_trains_head_and_encoder_only_when_asked(
 
 def test_bigearthnet_multilabel_linear_and_knn(tmp_path, finetune_config, small_smarties_run):
     for method in ("linear", "knn"):
-        config = finetune_config("bigearthnet_multilabel")
+        config = finetune_config("bigearthnet_multilabel", f"method={method}")
         config.encoder = str(small_smarties_run)
-        config.method = method
         config.linear.steps = 30
         report = classification.run(config, tmp_path / method)
         assert report["task"] == "multilabel_classification"
@@ -133,7 +132,7 @@ def test_bigearthnet_multilabel_linear_and_knn(tmp_path, finetune_config, small_
 
 
 def test_reobench_sweep_is_deterministic_and_hurts(tmp_path, finetune_config, small_smarties_run):
-    config = finetune_config("reobench_eurosat_ms")
+    config = finetune_config("eurosat_ms", "method=knn,robustness=all")
     config.encoder = str(small_smarties_run)
     config.robustness.corruptions = ("gaussian_noise", "rotate")
     config.robustness.severities = (1, 5)
@@ -150,18 +149,18 @@ def test_reobench_sweep_is_deterministic_and_hurts(tmp_path, finetune_config, sm
 
 
 def test_unknown_method_and_key_are_named(tmp_path, finetune_config):
-    config = finetune_config("eurosat_ms_knn")
+    config = finetune_config("eurosat_ms", "method=knn")
     config.method = "svm"
     with pytest.raises(ValueError, match="svm"):
         classification.run(config, tmp_path)
-    config = finetune_config("eurosat_ms_knn")
+    config = finetune_config("eurosat_ms", "method=knn")
     config.data.key = "s1"
     with pytest.raises(ValueError, match="'s1'"):
         classification.run(config, tmp_path)
 
 
 def test_eurosat_rgb_three_bands(small_smarties_run, tmp_path, finetune_config):
-    config = finetune_config("eurosat_rgb_knn")
+    config = finetune_config("eurosat_rgb")
     config.encoder = str(small_smarties_run)
     report = classification.run(config, tmp_path)
     assert report["data"]["bands"] == ["red", "green", "blue"]
@@ -174,7 +173,7 @@ def test_finetune_main_cli(small_smarties_run, tmp_path, shared_data):
     command = [
         sys.executable,
         str(ROOT / "finetune" / "main.py"),
-        f"--config={ROOT / 'configs' / 'finetune' / 'eurosat_ms_knn.py'}",
+        f"--config={ROOT / 'configs' / 'finetune' / 'eurosat_ms.py'}:method=knn",
         f"--config.encoder={small_smarties_run}",
         f"--config.data.source_args.root={shared_data / 'eurosat_ms'}",
         f"--workdir={tmp_path}",
@@ -192,3 +191,65 @@ def test_finetune_main_cli(small_smarties_run, tmp_path, shared_data):
         "report.json",
         "report.md",
     ]
+
+
+def _finetune_command(workdir, shared_data, encoder):
+    return [
+        sys.executable,
+        str(ROOT / "finetune" / "main.py"),
+        f"--config={ROOT / 'configs' / 'finetune' / 'eurosat_ms.py'}:method=finetune",
+        f"--config.encoder={encoder}",
+        f"--config.data.source_args.root={shared_data / 'eurosat_ms'}",
+        "--config.fit.total_steps=8",
+        "--config.fit.log_every=1",
+        "--config.fit.checkpoint.every_steps=2",
+        f"--workdir={workdir}",
+    ]
+
+
+def _fit_losses(workdir):
+    lines = (Path(workdir) / "fit" / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+def test_finetuning_resumes_exactly_after_sigkill_and_reevaluates(
+    tmp_path, shared_data, small_smarties_run
+):
+    """Finetuning runs in the shared loop: killed with SIGKILL it resumes with the same per-step
+    losses as an uninterrupted run, and a finished workdir is re-evaluated without retraining."""
+    import signal
+    import time
+
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+
+    def finetune(workdir):
+        command = _finetune_command(workdir, shared_data, small_smarties_run)
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    finetune(reference)
+    expected = _fit_losses(reference)
+    assert sorted(expected) == list(range(1, 9))
+
+    command = _finetune_command(killed, shared_data, small_smarties_run)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = killed / "fit" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(_fit_losses(killed)) < 8
+    assert "resumed from" in finetune(killed).stderr
+    assert _fit_losses(killed) == expected  # bit-identical per-step losses
+
+    first = json.loads((reference / "report.json").read_text())
+    again = finetune(reference)
+    assert "resumed from" in again.stderr and "at step 8" in again.stderr
+    assert _fit_losses(reference) == expected  # nothing retrained
+    assert json.loads((reference / "report.json").read_text())["metrics"] == first["metrics"]

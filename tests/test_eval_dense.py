@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from eofm.data.spec import SensorSpec
-from eofm.eval import dense
+from eofm.eval import dense, windows
 
 
 @pytest.mark.parametrize("shape", [(70, 50), (20, 33), (32, 32)])
@@ -21,15 +21,15 @@ def test_sliding_window_reassembles_the_scene(shape):
         calls.append(batch["x"].shape)
         return batch["x"] * 2.0  # per-pixel: any overlap averages equal values
 
-    out = dense.sliding_window(predict, {"x": image}, window=32, stride=16, num_classes=3)
+    out = windows.sliding_window(predict, {"x": image}, window=32, stride=16, num_classes=3)
     np.testing.assert_allclose(out, 2 * image, rtol=1e-6)
     assert all(c[1:3] == (32, 32) for c in calls)
 
 
 def test_window_starts_cover_the_scene():
-    assert dense._starts(70, 32, 16) == [0, 16, 32, 38]
-    assert dense._starts(32, 32, 16) == [0]
-    assert dense._starts(20, 32, 16) == [0]  # padded to one window
+    assert windows.starts(70, 32, 16) == [0, 16, 32, 38]
+    assert windows.starts(32, 32, 16) == [0]
+    assert windows.starts(20, 32, 16) == [0]  # padded to one window
 
 
 def test_masked_cross_entropy_ignores_unlabelled_pixels():
@@ -40,18 +40,40 @@ def test_masked_cross_entropy_ignores_unlabelled_pixels():
     assert float(dense.masked_cross_entropy(logits, jnp.full((1, 1, 3), -1))) == 0.0
 
 
+def _window_batches(sampler, batch_size, process_index=0, process_count=1):
+    return windows.training_dataset(
+        sampler,
+        batch_size=batch_size,
+        seed=0,
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
 def test_training_windows_avoid_the_test_region(finetune_config):
-    config = finetune_config("sen1floods11_upernet")
+    config = finetune_config("sen1floods11")
     train, test, names = dense.load_scenes(config)
     assert names == ["no_water", "water"] and len(train) == len(test) == 1
     assert test[0].mask.shape == (128, 512)
     np.testing.assert_array_equal(test[0].mask, train[0].mask[384:])
     norm = dense.Normalizers(train, "zscore")
     assert norm.sources == {"s2:sentinel2_l1c": "training pixels"}
-    sampler = dense.WindowSampler(train, norm, ("s2",), window=64, batch=16)
-    batch = sampler(np.random.default_rng(0))
+    sampler = windows.TrainingWindows(
+        [{"s2": norm(train[0], "s2")}], [train[0].mask], [train[0].held_out], size=64
+    )
+    assert sampler.corners[0][0].max() == 384 - 64  # no window reaches the held-out rows
+    batches = _window_batches(sampler, 16)
+    batch = batches[0]
     assert batch["s2"].shape == (16, 64, 64, 13) and batch["mask"].shape == (16, 64, 64)
+    assert batch["mask"].dtype == np.int32
     assert (batch["mask"] >= 0).any(axis=(1, 2)).all()
+    # Reproducible, a new draw per batch, and another one on each process.
+    np.testing.assert_array_equal(_window_batches(sampler, 16)[0]["s2"], batch["s2"])
+    assert not np.array_equal(batches[1]["s2"], batch["s2"])
+    other = _window_batches(sampler, 16, process_index=1, process_count=2)[0]
+    assert not np.array_equal(
+        other["s2"], _window_batches(sampler, 16, process_index=0, process_count=2)[0]["s2"]
+    )
     # Training-pixel statistics: the held-out rows are not in them.
     mean = np.nanmean(
         np.where(train[0].valid["s2"][:384], train[0].raw["s2"][:384], np.nan), (0, 1)
@@ -64,13 +86,13 @@ def test_training_windows_avoid_the_test_region(finetune_config):
 
 def _small(config, run):
     config.encoder = str(run)
-    config.fit.update(steps=24, warmup_steps=2, log_every=8, batch_size=4)
+    config.fit.update(total_steps=24, warmup_fraction=0.1, log_every=8, batch_size=8)
     config.head.channels = 16
     return config
 
 
 def test_segmentation_end_to_end(small_smarties_run, tmp_path, finetune_config):
-    config = _small(finetune_config("sen1floods11_upernet"), small_smarties_run)
+    config = _small(finetune_config("sen1floods11"), small_smarties_run)
     config.robustness.corruptions = ("rotate",)
     config.robustness.severities = (5,)
     result = dense.run(config, tmp_path)
@@ -81,9 +103,11 @@ def test_segmentation_end_to_end(small_smarties_run, tmp_path, finetune_config):
     assert result["data"]["labelled_test_pixels"] == 128 * 512 - int(
         np.sum(dense.load_scenes(config)[1][0].mask < 0)
     )
-    assert result["data"]["window"] == 48 and result["head"]["taps"] == [0, 0, 0, 1]
+    # The small encoder's default taps: 4 levels of stride 16, 64 wide.
+    assert result["data"]["window"] == 48 and result["head"]["levels"] == [[16, 64]] * 4
     history = result["fit"]["history"]
     assert [h["step"] for h in history] == [8, 16, 24]
+    assert result["fit"]["total_steps"] == 24 and (tmp_path / "fit" / "checkpoints" / "24").is_dir()
     assert set(result["robustness"]["cells"]) == {"rotate"}
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["metrics"] == m
@@ -107,6 +131,11 @@ def test_change_detection_end_to_end(small_smarties_run, tmp_path, finetune_conf
     # Taizhou's sensor is not in training: its own pixels give the statistics.
     assert result["data"]["statistics"]["t2:landsat7_etm"] == "pixels of test scene Taizhou"
     assert result["robustness"] is None
+    assert result["head"]["levels"] == [[16, 128]] * 4  # concat doubles the widths
+    # A second run restores the trained head: no training step, the same metrics.
+    again = dense.run(config, tmp_path)
+    np.testing.assert_equal(again["metrics"], m)  # NaN precision when nothing is called changed
+    assert again["fit"]["history"] == result["fit"]["history"]
 
 
 def test_dense_errors_name_the_culprit(tmp_path, finetune_config):
@@ -117,6 +146,10 @@ def test_dense_errors_name_the_culprit(tmp_path, finetune_config):
     config = finetune_config("landsat_change")
     config.data.inputs = ("t1",)
     with pytest.raises(ValueError, match="takes 2 image keys"):
+        dense.run(config, tmp_path)
+    config = finetune_config("landsat_change")
+    config.head.fusion = "sum"
+    with pytest.raises(ValueError, match="head.fusion 'sum'"):
         dense.run(config, tmp_path)
 
 
@@ -153,15 +186,17 @@ def test_window_corners_are_exactly_the_admissible_ones():
     scene.mask[:] = -1
     scene.mask[5, 5] = 1  # one labelled pixel
     scene.held_out[:, 15:] = True
-    sampler = dense.WindowSampler([scene], dense.Normalizers([scene], "zscore"), ("t2",), 8, 4)
-    rows, cols = sampler.corners[0]
+
+    def sampler():
+        image = {"t2": dense.Normalizers([scene], "zscore")(scene, "t2")}
+        return windows.TrainingWindows([image], [scene.mask], [scene.held_out], 8)
+
+    rows, cols = sampler().corners[0]
     # Windows of 8 px containing (5, 5) whose columns stay left of 15.
-    expected = [
-        (y, x) for y in range(0, 23) for x in range(0, 13) if y <= 5 < y + 8 and x <= 5 < x + 8
-    ]
+    expected = [(y, x) for y in range(23) for x in range(13) if y <= 5 < y + 8 and x <= 5 < x + 8]
     assert sorted(zip(rows.tolist(), cols.tolist())) == expected
-    batch = sampler(np.random.default_rng(0))
+    batch = _window_batches(sampler(), 4)[0]
     assert (batch["mask"] == 1).sum() == 4  # every window holds the labelled pixel
     scene.mask[5, 5] = -1
     with pytest.raises(ValueError, match="no 8 px training window"):
-        dense.WindowSampler([scene], dense.Normalizers([scene], "zscore"), ("t2",), 8, 4)
+        sampler()

@@ -1,4 +1,5 @@
-"""Every family's encoder adapter on EuroSAT-MS bands: pooled features and the dense grids."""
+"""Every family's encoder interface on EuroSAT-MS bands: pooled features and the dense levels,
+LLRD layer ids, band matching; encoders load from checkpoints without pretraining data."""
 
 from pathlib import Path
 
@@ -7,37 +8,40 @@ import pytest
 
 from eofm.data.spec import SensorSpec
 from eofm.eval import encoders
+from eofm.models import family
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
-    "family, missing", [("smarties", ()), ("mae", ("VV", "VH")), ("croma", ()), ("spectralgpt", ())]
+    "name, missing, stride",
+    [("smarties", (), 16), ("mae", ("VV", "VH"), 16), ("croma", (), 8), ("spectralgpt", (), 8)],
 )
-def test_adapters_give_pooled_features_and_level_grids(family, missing, monkeypatch):
+def test_features_give_pooled_and_level_grids(name, missing, stride, monkeypatch):
     monkeypatch.chdir(ROOT)
-    encoder = encoders.load_encoder(f"random:configs/pretrain/{family}.py:tiny")
-    assert encoder.name == family and encoder.step is None
-    adapter = encoder.adapt(SensorSpec.full("sentinel2_l1c"))
-    assert adapter.missing_bands == missing
-    s, p, d = encoder.image_size, encoder.patch_size, encoder.embed_dim
+    encoder = encoders.load_encoder(f"random:configs/pretrain/{name}.py:tiny")
+    assert encoder.name == name and encoder.step is None
+    spec = SensorSpec.full("sentinel2_l1c")
+    assert encoder.missing_bands(spec) == missing
+    s = encoder.image_size
     x = np.random.default_rng(0).normal(size=(2, s, s, 13)).astype(np.float32)
-    assert adapter.pooled(encoder.model, x).shape == (2, d)
-    taps = encoder.default_taps()
-    assert len(taps) == 4 and taps[-1] == encoder.depth - 1
-    grids = adapter.levels(encoder.model, x, taps)
-    assert [g.shape for g in grids] == [(2, s // p, s // p, d)] * 4
-    assert all(np.isfinite(np.asarray(g)).all() for g in grids)
+    out = encoder.model.features(x, spec)
+    shapes = encoder.shapes(spec)
+    d = shapes["pooled"]
+    assert out["pooled"].shape == (2, d)
+    assert shapes["levels"] == [(stride, d)] * 4
+    assert [g.shape for g in out["levels"]] == [(2, s // stride, s // stride, d)] * 4
+    assert all(np.isfinite(np.asarray(g)).all() for g in out["levels"])
+    np.testing.assert_allclose(encoder.pooled_fn(spec)(x), out["pooled"], rtol=1e-5, atol=1e-5)
 
 
 def test_default_taps_follow_pangaea_for_twelve_blocks():
-    encoder = encoders.Encoder(
-        "mae", "base", None, 224, "zscore", None, ("encoder/",), r"patch_embed", 12, 16, 768, {}
-    )
-    assert encoder.default_taps() == (3, 5, 7, 11)
-    assert encoder.layer_of("encoder/blocks/4/mlp/fc1/kernel") == 5
-    assert encoder.layer_of("encoder/norm/scale") == 13
-    assert encoder.layer_of("encoder/patch_embed/kernel") == 0
+    assert family.default_taps(12) == (3, 5, 7, 11)
+    layer_of = family.block_layer_of(12, r"^encoder/(patch_embed|cls_token)/", "encoder/")
+    assert layer_of("encoder/blocks/4/mlp/fc1/kernel") == 5
+    assert layer_of("decoder/blocks/4/mlp/fc1/kernel") == 13
+    assert layer_of("encoder/norm/scale") == 13
+    assert layer_of("encoder/patch_embed/kernel") == 0
 
 
 def test_croma_finetuning_reaches_its_pooling_head(monkeypatch):
@@ -46,12 +50,52 @@ def test_croma_finetuning_reaches_its_pooling_head(monkeypatch):
     monkeypatch.chdir(ROOT)
     encoder = encoders.load_encoder("random:configs/pretrain/croma.py:tiny")
     assert "optical_gap/" in encoder.encoding_params
-    assert encoder.layer_of("encoder/optical_gap/mlp/fc1/kernel") == encoder.depth + 1
-    assert encoder.layer_of("encoder/optical/embed/kernel") == 0
-    assert encoder.layer_of("encoder/optical/blocks/1/attn/qkv/kernel") == 2
+    depth = encoder.num_layers - 1
+    assert encoder.layer_of("optical_gap/mlp/fc1/kernel") == depth + 1
+    assert encoder.layer_of("optical/embed/kernel") == 0
+    assert encoder.layer_of("optical/blocks/1/attn/qkv/kernel") == 2
 
 
 def test_missing_bands_are_named():
     encoder = encoders.load_encoder(f"random:{ROOT}/configs/pretrain/spectralgpt.py:tiny")
     with pytest.raises(ValueError, match="B8A"):
-        encoder.adapt(SensorSpec("sentinel2_l1c", ("B02", "B03", "B04", "B08")))
+        encoder.missing_bands(SensorSpec("sentinel2_l1c", ("B02", "B03", "B04", "B08")))
+
+
+def test_an_encoder_reading_none_of_the_bands_is_an_error(monkeypatch):
+    """The MAE zero-fills missing bands; with no band in common there is nothing to encode."""
+    monkeypatch.chdir(ROOT)
+    encoder = encoders.load_encoder("random:configs/pretrain/mae.py:tiny")
+    assert encoder.missing_bands(SensorSpec("sentinel2_l1c", ("B02", "B03", "B04"))) == (
+        "B01",
+        "B05",
+        "B06",
+        "B07",
+        "B08",
+        "B8A",
+        "B09",
+        "B11",
+        "B12",
+        "VV",
+        "VH",
+    )
+    with pytest.raises(ValueError, match="have none"):
+        encoder.missing_bands(SensorSpec("landsat8_oli_tirs", ("B2", "B3", "B4")))
+
+
+def test_pretrained_encoder_loads_from_the_checkpoint_alone(small_smarties_run, tmp_path):
+    """The checkpoint carries input specs, normalisation and size: no pretraining data is read
+    (the prepared shards are removed first)."""
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(small_smarties_run, workdir, ignore=shutil.ignore_patterns("data"))
+    assert not (workdir / "data").exists()
+    encoder = encoders.load_encoder(str(workdir))
+    assert encoder.step == 10 and encoder.image_size == 48
+    assert encoder.normalization == "percentile_clip"
+    assert set(encoder.trained_specs) == {"s2", "s1"}
+    assert encoder.trained_specs["s1"].bands == ("VV", "VH")
+    spec = SensorSpec.full("sentinel2_l1c")
+    x = np.zeros((1, 48, 48, 13), np.float32)
+    assert encoder.pooled_fn(spec)(x).shape == (1, 64)

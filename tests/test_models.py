@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from eofm.data.spec import SensorSpec
 from eofm.models import layers
+from eofm.models import mae as mae_lib
 from eofm.models.mae import (
     MAE,
     MAEConfig,
@@ -17,9 +19,11 @@ from eofm.models.mae import (
     norm_pix_stats,
     random_masking,
 )
-from eofm.models.vit import VIT_VARIANTS, ViTConfig, ViTEncoder, vit_config, vit_forward_flops
+from eofm.models.vit import ViTConfig, ViTEncoder, vit_forward_flops
 
 IMAGE = (2, 32, 32, 3)
+# The MAE's input: three channels, the sum of the input sensors' bands.
+INPUTS = {"rgb": SensorSpec.full("rgb")}
 
 
 def tiny_vit(**overrides) -> ViTConfig:
@@ -27,8 +31,13 @@ def tiny_vit(**overrides) -> ViTConfig:
 
 
 def tiny_mae(**overrides) -> MAEConfig:
-    defaults = {"encoder": tiny_vit(), "decoder_dim": 16, "decoder_depth": 2, "decoder_heads": 2}
+    defaults = {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 4, "decoder_dim": 16}
+    defaults |= {"decoder_depth": 2, "decoder_heads": 2}
     return MAEConfig(**defaults | overrides)
+
+
+def tiny_model(**overrides) -> MAE:
+    return MAE(tiny_mae(**overrides), INPUTS, rngs=nnx.Rngs(0))
 
 
 def images(shape=IMAGE, seed=0) -> jax.Array:
@@ -141,15 +150,6 @@ def test_layer_norm_eps_default_1e6():
 # --- ViT ----------------------------------------------------------------------------------------
 
 
-def test_vit_config_variants():
-    assert vit_config("base") == ViTConfig(patch_size=16, embed_dim=768, depth=12, num_heads=12)
-    huge = vit_config("huge", patch_size=14, in_chans=12)
-    assert (huge.embed_dim, huge.depth, huge.num_heads, huge.patch_size) == (1280, 32, 16, 14)
-    assert set(VIT_VARIANTS) == {"tiny", "small", "base", "large", "huge"}
-    with pytest.raises(ValueError):
-        vit_config("giant")
-
-
 def test_vit_encoder_shapes_and_cls_position():
     cfg = tiny_vit()
     encoder = ViTEncoder(cfg, rngs=nnx.Rngs(0))
@@ -165,7 +165,8 @@ def test_vit_encoder_shapes_and_cls_position():
 
 def test_vit_b16_forward_flops():
     # ViT-B/16 at 224 px: the well-known ~17.6 G multiply-adds (fvcore "GFLOPs") per image.
-    macs = vit_forward_flops(vit_config("base"), 197) / 2
+    base = ViTConfig(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    macs = vit_forward_flops(base, 197) / 2
     assert abs(macs - 17.58e9) / 17.58e9 < 0.03
 
 
@@ -188,7 +189,7 @@ def test_random_masking_counts_and_consistency():
 
 
 def test_model_mask_count_and_shapes():
-    model = MAE(tiny_mae(), rngs=nnx.Rngs(0))
+    model = tiny_model()
     loss, aux = forward(model, images((4, 32, 32, 3)), jax.random.key(1))
     assert loss.shape == () and loss.dtype == jnp.float32 and np.isfinite(loss)
     assert aux["pred"].shape == aux["target"].shape == (4, 16, 8 * 8 * 3)
@@ -201,7 +202,7 @@ def test_norm_pix_uses_unbiased_variance():
     np.testing.assert_allclose(mean, 2.5)
     np.testing.assert_allclose(std, math.sqrt(5.0 / 3.0 + 1e-6), rtol=1e-6)  # ddof=1, not 1.25
 
-    model = MAE(tiny_mae(), rngs=nnx.Rngs(0))
+    model = tiny_model()
     x = images()
     loss, aux = forward(model, x, jax.random.key(1))
     t = np.asarray(layers.patchify(x, 8), np.float64)
@@ -211,7 +212,7 @@ def test_norm_pix_uses_unbiased_variance():
     mask = np.asarray(aux["mask"])
     np.testing.assert_allclose(loss, (per_patch * mask).sum() / mask.sum(), rtol=1e-5)
 
-    raw_model = MAE(tiny_mae(norm_pix_loss=False), rngs=nnx.Rngs(0))
+    raw_model = tiny_model(norm_pix_loss=False)
     _, raw = forward(raw_model, x, jax.random.key(1))
     np.testing.assert_allclose(raw["target"], t, atol=1e-6)
 
@@ -223,7 +224,7 @@ def test_masked_mse_ignores_kept_patches():
 
 
 def test_deterministic_given_rng():
-    model = MAE(tiny_mae(), rngs=nnx.Rngs(0))
+    model = tiny_model()
     x = images()
     loss_a, aux_a = forward(model, x, jax.random.key(3))
     loss_b, aux_b = forward(model, x, jax.random.key(3))
@@ -234,7 +235,7 @@ def test_deterministic_given_rng():
 
 
 def test_gradients_reach_every_param():
-    model = MAE(tiny_mae(), rngs=nnx.Rngs(0))
+    model = tiny_model()
     x, key = images(), jax.random.key(1)
     grads = nnx.jit(nnx.grad(lambda m: m(x, rng=key)[0]))(model)
     flat = nnx.to_flat_state(grads)
@@ -245,8 +246,7 @@ def test_gradients_reach_every_param():
 
 
 def test_bfloat16_compute():
-    enc = tiny_vit(dtype=jnp.bfloat16)
-    model = MAE(tiny_mae(encoder=enc), rngs=nnx.Rngs(0))
+    model = tiny_model(dtype=jnp.bfloat16)
     x = images()
     loss, aux = forward(model, x, jax.random.key(1))
     assert loss.dtype == jnp.float32 and np.isfinite(loss)
@@ -257,7 +257,7 @@ def test_bfloat16_compute():
 
 
 def test_reconstruct_undoes_norm_pix():
-    model = MAE(tiny_mae(), rngs=nnx.Rngs(0))
+    model = tiny_model()
     x, key = images(), jax.random.key(1)
     recon, pixel_mask = nnx.jit(lambda m: m.reconstruct(x, key))(model)
     assert recon.shape == x.shape and pixel_mask.shape == x.shape[:3]
@@ -269,7 +269,7 @@ def test_reconstruct_undoes_norm_pix():
 
 
 def test_partition_specs_use_logical_names():
-    model = MAE(tiny_mae(), rngs=nnx.Rngs(0))
+    model = tiny_model()
     params = nnx.to_flat_state(nnx.state(model, nnx.Param))
     specs = dict(nnx.to_flat_state(nnx.get_partition_spec(nnx.state(model, nnx.Param))))
     for path, param in params:
@@ -283,7 +283,8 @@ def test_partition_specs_use_logical_names():
 
 
 def test_mae_flops_formula():
-    cfg = MAEConfig(encoder=vit_config("base"), decoder_dim=512, decoder_depth=8, decoder_heads=16)
+    cfg = MAEConfig(**mae_lib.VARIANTS["base"], in_chans=3)
+    assert (cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads) == (512, 8, 16)
     n_all, n_kept, d, dd, patch = 196, 49, 768, 512, 768
 
     def block(n, width):
@@ -297,3 +298,136 @@ def test_mae_flops_formula():
         + 2 * n_all * dd * patch
     )
     assert mae_flops_per_example(cfg, (224, 224)) == pytest.approx(3 * forward)
+
+
+def test_variants_and_flat_config():
+    assert set(mae_lib.VARIANTS) == {"tiny", "base", "large"}
+    tiny = MAEConfig(**mae_lib.VARIANTS["tiny"])
+    assert (tiny.embed_dim, tiny.depth, tiny.num_heads) == (192, 6, 3)
+    assert (tiny.decoder_dim, tiny.decoder_depth, tiny.decoder_heads) == (128, 2, 4)
+    base = MAEConfig(**mae_lib.VARIANTS["base"])
+    assert base.encoder == ViTConfig(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    large = MAEConfig(**mae_lib.VARIANTS["large"])
+    assert (large.patch_size, large.embed_dim, large.depth, large.num_heads) == (16, 1024, 24, 16)
+    cfg = tiny_mae(in_chans=4, dtype=jnp.bfloat16)
+    assert cfg.encoder == tiny_vit(in_chans=4, dtype=jnp.bfloat16)
+
+
+def test_input_channels_come_from_the_input_bands():
+    s2 = SensorSpec("sentinel2_l2a", ("B02", "B03", "B04", "B08"))
+    s1 = SensorSpec.full("sentinel1_grd")
+    assert mae_lib.from_data({"s2": s2, "s1": s1}, 32) == {"in_chans": 6}
+    with pytest.raises(ValueError, match="at least one input"):
+        mae_lib.from_data({}, 32)
+    with pytest.raises(ValueError, match="have 4 bands, not 3"):
+        MAE(tiny_mae(), {"s2": s2}, rngs=nnx.Rngs(0))
+    # The pretraining loss stacks the sensors' images along channels, in `inputs` order.
+    model = MAE(tiny_mae(in_chans=6), {"s2": s2, "s1": s1}, rngs=nnx.Rngs(0))
+    x, key = images((2, 32, 32, 6)), jax.random.key(1)
+    batch = {"s1": x[..., 4:], "s2": x[..., :4]}
+    (loss, metrics), (want, _) = nnx.jit(lambda m: (m.loss(batch, key), m(x, rng=key)))(model)
+    np.testing.assert_array_equal(loss, want)
+    assert metrics == {}
+
+
+def test_features_pool_cls_and_zero_fill_missing_bands():
+    model = tiny_model()
+    rgb, bg = INPUTS["rgb"], SensorSpec("rgb", ("blue", "green"))
+    x = images((2, 32, 48, 3))
+
+    @nnx.jit
+    def run(m):
+        return (
+            m.features(x, rgb),
+            m.encoder(x)[:, 0],
+            m.features(x, rgb, taps=(0,))["levels"],
+            m.features(x[..., [2, 1]], bg)["pooled"],  # bands matched by name
+            m.encoder(x.at[..., 0].set(0.0))[:, 0],
+        )
+
+    out, cls, tapped, without_red, red_zeroed = run(model)
+    np.testing.assert_allclose(out["pooled"], cls, rtol=1e-5, atol=1e-6)
+    assert [level.shape for level in out["levels"]] == [(2, 4, 6, 32)] * 4  # default taps
+    assert len(tapped) == 1 and tapped[0].shape == (2, 4, 6, 32)
+    # A band the data lack is 0 (the normalised mean).
+    assert model.missing_bands(bg) == ("red",)
+    assert model.missing_bands(rgb) == ()
+    np.testing.assert_allclose(without_red, red_zeroed, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="have none"):
+        model.missing_bands(SensorSpec.full("sentinel1_grd"))
+
+
+# --- the family protocol's layer ids ------------------------------------------------------------
+
+
+def _tiny_abstract(name):
+    from eofm.models import croma, family, smarties, spectralgpt
+
+    inputs = {
+        "mae": {"rgb": SensorSpec.full("rgb")},
+        "smarties": {"s2": SensorSpec.full("sentinel2_l2a")},
+        "croma": {
+            "s2": SensorSpec.full("sentinel2_l2a"),
+            "s1": SensorSpec.full("sentinel1_grd"),
+        },
+        "spectralgpt": {"s2": SensorSpec("sentinel2_l2a", spectralgpt.BANDS)},
+    }[name]
+    module = family.get(name)
+    assert module in (mae_lib, smarties, croma, spectralgpt)
+    cfg = module.Config(**module.VARIANTS["tiny"], **module.from_data(inputs, 32))
+    return nnx.eval_shape(lambda: module.Model(cfg, inputs, rngs=nnx.Rngs(0)))
+
+
+# Paths (of `optim.param_path`) -> layer id: embeddings 0, block i -> i + 1, then depth + 1.
+LAYERS = {
+    "mae": {  # tiny: 6 blocks
+        "encoder/patch_embed/proj/kernel/value": 0,
+        "encoder/cls_token/value": 0,
+        "encoder/blocks/0/attn/qkv/kernel/value": 1,
+        "encoder/blocks/5/mlp/fc2/bias/value": 6,
+        "encoder/norm/scale/value": 7,
+        "decoder/blocks/0/attn/qkv/kernel/value": 7,  # not an encoder block
+    },
+    "smarties": {
+        "encoder/patch_embed/kernel/value": 0,
+        "encoder/cls_token/value": 0,
+        "encoder/blocks/2/norm1/scale/value": 3,
+        "encoder/norm/bias/value": 7,
+    },
+    "croma": {  # tiny: 4 optical blocks
+        "optical/embed/kernel/value": 0,
+        "optical/blocks/0/attn/proj/kernel/value": 1,
+        "optical/blocks/3/mlp/fc1/kernel/value": 4,
+        "optical/norm/scale/value": 5,
+        "optical_gap/mlp/fc2/kernel/value": 5,
+        "radar/blocks/0/attn/proj/kernel/value": 5,  # not an optical block
+    },
+    "spectralgpt": {
+        "patch_embed/kernel/value": 0,
+        "pos/spatial/value": 0,
+        "pos/spectral/value": 0,
+        "blocks/1/attn/qkv/bias/value": 2,
+        "norm/scale/value": 7,
+        "decoder_blocks/0/mlp/fc1/kernel/value": 7,
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_layer_ids_and_encoding_params(name):
+    from eofm.train import optim
+
+    model = _tiny_abstract(name)
+    paths = [
+        optim.param_path(p)
+        for p, _ in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
+    ]
+    for path, layer in LAYERS[name].items():
+        assert path in paths, path
+        assert model.layer_of(path) == layer, path
+    assert model.num_layers == max(LAYERS[name].values())
+    encoding = [p for p in paths if p.startswith(model.ENCODING_PARAMS)]
+    for prefix in model.ENCODING_PARAMS:
+        assert any(p.startswith(prefix) for p in encoding), prefix
+    assert not any("decoder" in p for p in encoding)
+    assert {model.layer_of(p) for p in encoding} == set(range(model.num_layers + 1))

@@ -1,4 +1,4 @@
-"""Optimizer: schedule, weight-decay mask, frozen groups, layer-wise lr decay."""
+"""Optimizer: schedule, weight-decay mask, per-parameter lr scales (layer-wise lr decay)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from eofm.models import vit
+from eofm.models import family, vit
 from eofm.train import optim
 
 
@@ -37,22 +37,10 @@ def test_no_weight_decay_on_biases_and_norms(params):
         assert decayed == ("kernel" in path), path  # not qkv/bias (3 x D), cls_token, LN scale
 
 
-def test_frozen_parameters_do_not_move(params):
-    tx, _ = optim.make_optimizer(
-        params, lr=1e-2, total_steps=10, warmup_steps=0, frozen=[r"patch_embed", r"blocks/0/"]
-    )
-    grads = jax.tree.map(jnp.ones_like, params)
-    updates, _ = tx.update(grads, tx.init(params), params)
-    for path, u in zip(_paths(params), jax.tree.leaves(updates)):
-        frozen = "patch_embed" in path or "blocks/0/" in path
-        assert bool(jnp.all(u == 0)) == frozen, path
-    with pytest.raises(ValueError, match="match no parameter"):
-        optim.make_optimizer(params, lr=1e-2, total_steps=10, warmup_steps=0, frozen=["decoder"])
-
-
 def test_layerwise_lr_decay(params):
-    layer_of = optim.vit_layer_of(3)
-    scales = optim.layer_scales(params, num_layers=4, decay=0.5, layer_of=layer_of)
+    layer_of = family.block_layer_of(3, r"patch_embed|cls_token")
+    # BEiT-style LLRD: decay ** (num_layers - layer), num_layers = depth + 1 (the final norm).
+    scales = optim.map_paths(lambda path, _: 0.5 ** (4 - layer_of(path)), params)
     by_path = dict(zip(_paths(params), jax.tree.leaves(scales)))
     for path, scale in by_path.items():
         if "patch_embed" in path or "cls_token" in path:
@@ -70,19 +58,23 @@ def test_layerwise_lr_decay(params):
         np.testing.assert_allclose(np.abs(np.asarray(u)).max(), by_path[path], rtol=1e-3)
 
 
-def test_layer_scales_with_frozen_groups(params):
-    scales = optim.layer_scales(params, num_layers=4, decay=0.5, layer_of=optim.vit_layer_of(3))
-    tx, _ = optim.make_optimizer(
+def test_lr_scales_multiply_the_whole_update(params):
+    """Each parameter's update, weight decay included, is its scale times the unscaled update;
+    a scale of 0 leaves the parameter in place."""
+    scales = optim.map_paths(
+        lambda path, _: 0.0 if "blocks/0/" in path else (0.25 if "blocks" in path else 1.0),
         params,
-        lr=1.0,
-        total_steps=10,
-        warmup_steps=0,
-        weight_decay=0.0,
-        frozen=[r"blocks/0/"],
-        lr_scales=scales,
     )
-    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    kw = {"lr": 1e-2, "total_steps": 10, "warmup_steps": 0, "weight_decay": 0.05}
+    tx, _ = optim.make_optimizer(params, lr_scales=scales, **kw)
+    plain, _ = optim.make_optimizer(params, **kw)
+    grads = jax.tree.map(lambda p: 0.01 * jnp.ones_like(p), params)  # decay shows beside Adam
+    state, plain_state = tx.init(params), plain.init(params)
+    for _ in range(2):
+        updates, state = tx.update(grads, state, params)
+        unscaled, plain_state = plain.update(grads, plain_state, params)
+    leaves = zip(_paths(params), jax.tree.leaves(updates), jax.tree.leaves(unscaled))
     by_path = dict(zip(_paths(params), jax.tree.leaves(scales)))
-    for path, u in zip(_paths(params), jax.tree.leaves(updates)):
-        expected = 0.0 if "blocks/0/" in path else by_path[path]
-        np.testing.assert_allclose(np.abs(np.asarray(u)).max(), expected, rtol=1e-3)
+    for path, u, v in leaves:
+        np.testing.assert_allclose(u, by_path[path] * np.asarray(v), rtol=1e-6, err_msg=path)
+        assert bool(jnp.any(u != 0)) == (by_path[path] != 0), path

@@ -1,59 +1,75 @@
 """Sharding on 8 simulated CPU devices: dp, fsdp and fsdp_tp agree with one device."""
 
+import json
+import logging
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 from flax import nnx
 
 from eofm import parallel
-from eofm.models import mae, vit
-from eofm.train import optim
+from eofm.data.spec import SensorSpec
+from eofm.models import layers, mae
+from eofm.train import config as train_config
+from eofm.train import loop
 from eofm.train import step as step_lib
 
 CFG = mae.MAEConfig(
-    encoder=vit.ViTConfig(patch_size=8, embed_dim=64, depth=2, num_heads=4, in_chans=4),
+    patch_size=8,
+    embed_dim=64,
+    depth=2,
+    num_heads=4,
+    in_chans=4,
     decoder_dim=32,
     decoder_depth=1,
     decoder_heads=4,
 )
+INPUTS = {"image": SensorSpec("sentinel2_l2a", ("B02", "B03", "B04", "B08"))}
 
 
 def _loss(model, batch, rng):
-    loss, _ = model(batch["image"], rng=rng)
-    return loss, {}
+    return model.loss(batch, rng)
+
+
+def _no_dataset(process_index, process_count):
+    raise AssertionError("these tests feed their own batches")
+
+
+WORKLOAD = loop.Workload(
+    name="mae",
+    variant="test",
+    make_model=lambda rngs: mae.MAE(CFG, INPUTS, rngs=rngs),
+    loss_fn=_loss,
+    make_dataset=_no_dataset,
+    input_keys=tuple(INPUTS),
+)
+
+
+def _config():
+    config = ml_collections.ConfigDict({"seed": 0})
+    train_config.training(config, lr=1e-3, batch_size=8, total_steps=10, warmup_steps=0)
+    return config
 
 
 def _setup(mesh):
-    """Parameters created sharded on `mesh` (same values whatever the mesh), and a jitted step."""
-    with nnx.use_eager_sharding(False):
-        abstract = nnx.eval_shape(lambda: mae.MAE(CFG, rngs=nnx.Rngs(0)))
-    graphdef, abstract_params, abstract_rest = nnx.split(abstract, nnx.Param, ...)
-    tx, schedule = optim.make_optimizer(abstract_params, lr=1e-3, total_steps=10, warmup_steps=0)
-
-    def init():
-        with nnx.use_eager_sharding(False):
-            _, params, _ = nnx.split(mae.MAE(CFG, rngs=nnx.Rngs(0)), nnx.Param, ...)
-        return step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-
-    shardings = parallel.shardings_for(jax.eval_shape(init), mesh)
-    state = jax.jit(init, out_shardings=shardings)()
-    rest = nnx.split(abstract, nnx.Param, ...)[2]
-    assert not jax.tree.leaves(abstract_rest)  # MAE keeps no non-parameter state
-    train_step = jax.jit(
-        step_lib.make_train_step(graphdef, rest, tx, schedule, _loss),
-        in_shardings=(shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
-        out_shardings=(shardings, parallel.replicated(mesh)),
-    )
-    return state, train_step, graphdef
+    """Parameters created sharded on `mesh` (same values whatever the mesh), the jitted step of
+    the training loop, and the run's static pieces (`loop.Setup`)."""
+    config = _config()
+    run = loop.setup(config, WORKLOAD, mesh)
+    state = jax.jit(run.init, out_shardings=run.state_shardings)()
+    assert not jax.tree.leaves(state.frozen)  # MAE keeps no non-parameter state
+    return state, loop.compile_step(config, WORKLOAD, run), run
 
 
-def _grads(graphdef, params, batch, rng):
+def _grads(run, state, batch, rng):
     def f(p):
-        return _loss(nnx.merge(graphdef, p), batch, rng)[0]
+        return _loss(nnx.merge(run.graphdef, p, state.frozen), batch, rng)[0]
 
-    return jax.jit(jax.value_and_grad(f))(params)
+    return jax.jit(jax.value_and_grad(f))(state.params)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +83,8 @@ def batch():
 def reference(batch):
     assert jax.device_count() == 8, "conftest sets 8 host devices"
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    state, train_step, graphdef = _setup(mesh)
-    loss, grads = _grads(graphdef, state.params, batch, jax.random.key(1))
+    state, train_step, run = _setup(mesh)
+    loss, grads = _grads(run, state, batch, jax.random.key(1))
     new_state, metrics = train_step(state, batch, jax.random.key(1))
     del new_state
     return {
@@ -83,9 +99,9 @@ def reference(batch):
 @pytest.mark.parametrize("preset", ["dp", "fsdp", "fsdp_tp"])
 def test_sharded_step_matches_one_device(preset, batch, reference):
     mesh = parallel.make_mesh(preset)
-    state, train_step, graphdef = _setup(mesh)
+    state, train_step, run = _setup(mesh)
     sharded_batch = jax.device_put(batch, parallel.batch_sharding(mesh))
-    loss, grads = _grads(graphdef, state.params, sharded_batch, jax.random.key(1))
+    loss, grads = _grads(run, state, sharded_batch, jax.random.key(1))
     np.testing.assert_allclose(loss, reference["loss"], rtol=1e-5)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
@@ -118,9 +134,10 @@ def test_logical_rules_and_mesh_sizes():
     mesh = parallel.make_mesh("fsdp_tp")
     assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2}
     spec = parallel.logical_to_mesh(("embed", "mlp"), (64, 256), mesh)
-    assert spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-    # Not divisible: replicated rather than an error.
-    assert parallel.logical_to_mesh(("embed",), (6,), mesh) == jax.sharding.PartitionSpec(None)
+    assert spec == (jax.sharding.PartitionSpec("fsdp", "tensor"), [])
+    # Not divisible: replicated rather than an error, and reported.
+    spec = parallel.logical_to_mesh(("embed",), (6,), mesh)
+    assert spec == (jax.sharding.PartitionSpec(None), [(0, 6, ("fsdp",))])
     assert parallel.mesh_shape({"data": 2, "fsdp": -1}, 8) == (2, 4, 1)
     with pytest.raises(ValueError, match="needs 6 devices"):
         parallel.mesh_shape({"data": 3, "fsdp": 2}, 8)
@@ -130,19 +147,111 @@ def test_logical_rules_and_mesh_sizes():
         parallel.logical_to_mesh(("vocab",), (8,), mesh)
 
 
+def test_rules_config_round_trips():
+    from absl import flags
+    from ml_collections import config_dict, config_flags
+
+    default = parallel.default_rules_config()
+    assert {n for n, _ in default} == {"batch", *layers.LOGICAL_AXES}
+    assert parallel.rules_from_config(default) == parallel.DEFAULT_RULES
+    assert parallel.rules_from_config(()) == parallel.rules_from_config([]) == default
+    # Lists, as a JSON-saved config gives back.
+    assert parallel.rules_from_config(json.loads(json.dumps(default))) == default
+    config = config_dict.ConfigDict(dict(mesh=dict(rules=default)))
+    assert parallel.rules_from_config(config.mesh.rules) == default
+    assert config_dict.ConfigDict(config.to_dict()).mesh.rules == default
+    # A command-line flag replaces the table.
+    argv = ["prog", "--config.mesh.rules=(('embed', None), ('mlp', ['fsdp', 'tensor']))"]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_dict("config", config, flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    assert parallel.rules_from_config(flag_values.config.mesh.rules) == (
+        ("embed", None),
+        ("mlp", ("fsdp", "tensor")),
+    )
+
+
+@pytest.mark.parametrize(
+    "rules, culprit, allowed",
+    [
+        ((("embed", "fsdb"),), "fsdb", "('data', 'fsdp', 'tensor')"),
+        ((("batch", ("data", "fdsp")),), "fdsp", "('data', 'fsdp', 'tensor')"),
+        ((("batch", ("data", "data")),), "('data', 'data')", "distinct"),
+        ((("embd", "fsdp"),), "'embd'", "('batch', 'embed', 'mlp', 'heads', 'patch')"),
+        ((("embed", "fsdp"), ("embed", None)), "('embed', None)", "has a rule already"),
+        (("embed", None), "'embed'", "(logical axis, mesh axes) pair"),  # a pair, not a table
+    ],
+)
+def test_rules_config_errors_name_the_culprit(rules, culprit, allowed):
+    with pytest.raises(ValueError) as error:
+        parallel.rules_from_config(rules)
+    assert culprit in str(error.value) and allowed in str(error.value), str(error.value)
+
+
+def _linear_tree(in_features, out_features):
+    """{"odd": abstract Linear state}: kernel [in, out] named ("embed", "mlp"), bias [out]."""
+    linear = nnx.eval_shape(
+        lambda: layers.linear(in_features, out_features, ("embed", "mlp"), rngs=nnx.Rngs(0))
+    )
+    return {"odd": nnx.state(linear)}
+
+
+def test_custom_rules_change_the_specs():
+    mesh = parallel.make_mesh("fsdp_tp")
+    P = jax.sharding.PartitionSpec
+    rules = parallel.rules_from_config((("embed", None), ("mlp", "tensor")))
+    spec = parallel.logical_to_mesh(("embed", "mlp"), (64, 256), mesh, rules)
+    assert spec == (P(None, "tensor"), [])
+    rules = parallel.rules_from_config([["embed", "tensor"], ["mlp", ["fsdp", "tensor"]]])
+    # "tensor" goes to the first dim, so "mlp" keeps only "fsdp".
+    assert parallel.logical_to_mesh(("embed", "mlp"), (64, 256), mesh, rules) == (
+        P("tensor", "fsdp"),
+        [],
+    )
+    shardings = parallel.shardings_for(_linear_tree(64, 256), mesh, rules)
+    assert shardings["odd"]["kernel"].get_value().spec == P("tensor", "fsdp")
+    assert shardings["odd"]["bias"].get_value().spec == P(("fsdp", "tensor"))
+
+
+def test_undivided_dimension_is_replicated_and_logged_once(caplog, monkeypatch):
+    monkeypatch.setattr(parallel, "_REPORTED", set())
+    mesh = parallel.make_mesh("fsdp_tp")  # fsdp 4, tensor 2
+    tree = _linear_tree(6, 8)
+    with caplog.at_level(logging.WARNING):
+        first = parallel.shardings_for(tree, mesh)
+        second = parallel.shardings_for(tree, mesh)
+    P = jax.sharding.PartitionSpec
+    for shardings in (first, second):
+        assert shardings["odd"]["kernel"].get_value().spec == P(None, "tensor")
+        assert shardings["odd"]["bias"].get_value().spec == P("tensor")
+    messages = [r.getMessage() for r in caplog.records if "does not divide" in r.getMessage()]
+    assert messages == [
+        "parameter odd/kernel: dim 0 (6) does not divide mesh axes ('fsdp',) (4): replicated"
+    ]
+
+
+def test_constrain_batch_inside_jit():
+    mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
+    batch = {
+        "image": np.arange(8 * 3 * 2, dtype=np.float32).reshape(8, 3, 2),
+        "label": np.arange(8, dtype=np.int32),
+    }
+    placed = jax.device_put(batch, parallel.replicated(mesh))
+    out = jax.jit(lambda b: parallel.constrain_batch(b, mesh))(placed)
+    for key, value in batch.items():
+        np.testing.assert_array_equal(np.asarray(out[key]), value)
+        assert out[key].sharding.is_equivalent_to(parallel.batch_sharding(mesh), value.ndim)
+        assert not placed[key].sharding.is_equivalent_to(parallel.batch_sharding(mesh), value.ndim)
+
+
 def test_gradient_accumulation_equals_one_big_batch(batch):
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    state, _, graphdef = _setup(mesh)
+    state, _, run = _setup(mesh)
     tx = optax.sgd(1.0)
-    opt = tx.init(state.params)
-    s = step_lib.TrainState(state.step, state.params, opt)
-    full = jax.jit(
-        step_lib.make_train_step(graphdef, nnx.State({}), tx, lambda _: 1.0, _fixed_mask_loss)
-    )
+    s = step_lib.TrainState(state.step, state.params, tx.init(state.params), state.frozen)
+    full = jax.jit(step_lib.make_train_step(run.graphdef, tx, lambda _: 1.0, _fixed_mask_loss))
     accum = jax.jit(
-        step_lib.make_train_step(
-            graphdef, nnx.State({}), tx, lambda _: 1.0, _fixed_mask_loss, accum_steps=4
-        )
+        step_lib.make_train_step(run.graphdef, tx, lambda _: 1.0, _fixed_mask_loss, accum_steps=4)
     )
     a, ma = full(s, batch, jax.random.key(0))
     b, mb = accum(s, batch, jax.random.key(0))
@@ -166,25 +275,21 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
     new shardings."""
     from eofm.train import checkpoint
 
-    saved_state = _setup(parallel.make_mesh("fsdp"))[0]
+    saved_state, _, saved_run = _setup(parallel.make_mesh("fsdp"))
     ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
-    meta = {"model": "mae", "variant": "test", "param_shapes": {}}
 
     class _NoIterator:
         def get_state(self):
             return {}
 
-    ckpt.save(1, saved_state, _NoIterator(), meta)
+    ckpt.save(1, saved_state, _NoIterator(), saved_run.meta)
     ckpt.close()
 
     small = parallel.make_mesh("fsdp_tp", devices=jax.devices()[:2])
     assert dict(small.shape) == {"data": 1, "fsdp": 1, "tensor": 2}
-    target = _setup(small)[0]
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target
-    )
+    run = loop.setup(_config(), WORKLOAD, small)
     step, restored = checkpoint.Checkpointer(tmp_path / "checkpoints").restore_latest(
-        abstract, None, meta
+        run.abstract_state, None, run.meta
     )
     assert step == 1
     for new, old in zip(jax.tree.leaves(restored), jax.tree.leaves(saved_state)):

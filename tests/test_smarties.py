@@ -1,6 +1,7 @@
 """SMARTIES: tokenizer invariances, token mixup, shared mask, loss, encoder on any sensor, and a
 short real pretraining run."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,22 +14,25 @@ from PIL import Image
 
 from eofm.data import datasets
 from eofm.data.spec import SensorSpec
-from eofm.models import mae, smarties, tokenizers, vit
+from eofm.models import mae, smarties, tokenizers
 from eofm.train import loop, pretrain
 
 CFG = smarties.SmartiesConfig(
-    mae=mae.MAEConfig(
-        encoder=vit.ViTConfig(patch_size=8, embed_dim=32, depth=2, num_heads=2),
-        decoder_dim=16,
-        decoder_depth=1,
-        decoder_heads=2,
-    )
+    patch_size=8,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    in_chans=0,
+    decoder_dim=16,
+    decoder_depth=1,
+    decoder_heads=2,
 )
+INPUTS = {"s2": SensorSpec.full("sentinel2_l2a"), "s1": SensorSpec.full("sentinel1_grd")}
 
 
 @pytest.fixture(scope="module")
 def model():
-    return smarties.Smarties(CFG, rngs=nnx.Rngs(0))
+    return smarties.Smarties(CFG, INPUTS, rngs=nnx.Rngs(0))
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +129,7 @@ def test_complementary_mixup_and_official_bug(model, pair, monkeypatch):
     np.testing.assert_allclose(seen[0], np.where(first, t2, t1), rtol=1e-6)
     np.testing.assert_allclose(seen[1], np.where(first, t1, t2), rtol=1e-6)
     bugged = nnx.clone(model)
-    bugged.cfg = smarties.SmartiesConfig(mae=CFG.mae, official_mixup_bug=True)
+    bugged.cfg = dataclasses.replace(CFG, official_mixup_bug=True)
     seen.clear()
     bugged(list(pair), views, rng=rng)
     np.testing.assert_allclose(seen[1], t1, rtol=1e-6)
@@ -167,20 +171,37 @@ def test_encoder_on_eurosat_ms_rgb_and_s1(model, shared_data):
         assert tokens.shape == (1, 16, 32) and np.isfinite(np.asarray(pooled)).all()
 
 
-def test_encoder_api_on_a_sample_dict(model):
+def test_features_of_each_sensor_of_a_sample(model):
     source = datasets.BigEarthNetSource()
     sample = source[1]
     batch = {k: jnp.asarray(sample[k][None, :32, :32]) for k in ("s2", "s1")}
-    tokens, pooled = model.encode_batch(batch, source.specs)
-    assert tokens.shape == (1, 32, 32) and pooled.shape == (1, 32)
-    s2_tokens, s2_pooled = model.encode(batch["s2"], smarties.View.of(source.specs["s2"], CFG))
-    np.testing.assert_allclose(tokens[:, :16], s2_tokens, rtol=1e-6)
+
+    @nnx.jit
+    def run(m):
+        return {
+            k: (m.features(x, source.specs[k]), m.encode(x, smarties.View.of(source.specs[k], CFG)))
+            for k, x in batch.items()
+        }
+
+    for key, (out, (tokens, cls)) in run(model).items():
+        assert model.missing_bands(source.specs[key]) == ()
+        assert out["pooled"].shape == (1, 32)
+        assert [level.shape for level in out["levels"]] == [(1, 4, 4, 32)] * 4
+        # Pooled features are the CLS of the released model's encoding of that sensor.
+        np.testing.assert_allclose(out["pooled"], cls, rtol=1e-5, atol=1e-6, err_msg=key)
+        # The deepest default tap is the last block, final norm included: the encoder's patch
+        # tokens on the 4 x 4 patch grid.
+        np.testing.assert_allclose(
+            out["levels"][-1], tokens.reshape(1, 4, 4, 32), rtol=1e-5, atol=1e-5, err_msg=key
+        )
+    with pytest.raises(ValueError, match="no spectral projection"):
+        model.missing_bands(SensorSpec("sentinel2_l1c", ("B10",)))
 
 
 @pytest.mark.parametrize("sensors", [("s2", "s1"), ("s2",)], ids=["paired", "single"])
 def test_short_pretraining_run_lowers_the_loss(sensors, tmp_path, pretrain_config):
     config = _tiny_config(pretrain_config("smarties", "tiny"), sensors, tmp_path)
-    task = pretrain.build_task(config, tmp_path)
+    task = pretrain.workload(config, tmp_path)
     loop.train(config, tmp_path, task)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").open()]
     assert len(losses) == config.total_steps

@@ -7,10 +7,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
+from eofm.data.spec import SensorSpec
 from eofm.models import spectralgpt
 from eofm.train import loop, pretrain
+
+INPUTS = {"s2": SensorSpec("sentinel2_l2a", spectralgpt.BANDS)}
 
 
 def test_cubify_order_and_exact_inverse():
@@ -64,12 +68,37 @@ def test_masks_ninety_percent_and_encodes():
         decoder_depth=1,
         decoder_heads=2,
     )
-    model = spectralgpt.SpectralGPT(cfg, rngs=nnx.Rngs(0))
+    model = spectralgpt.SpectralGPT(cfg, INPUTS, rngs=nnx.Rngs(0))
     x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 12))
-    loss, aux = model(x, rng=jax.random.key(1))
+    l1c = SensorSpec.full("sentinel2_l1c")  # the 12 bands and B10
+    with_b10 = jnp.insert(x, l1c.bands.index("B10"), 5.0, axis=-1)
+
+    @nnx.jit
+    def run(m):
+        key = jax.random.key(1)
+        return (
+            m(x, rng=key),
+            m.loss({"s2": x}, key)[0],
+            m.encode(x),
+            m.features(x, INPUTS["s2"]),
+            m.features(with_b10, l1c)["pooled"],
+        )
+
+    (loss, aux), loss_of_batch, (tokens, pooled), out, pooled_l1c = run(model)
     assert np.isfinite(float(loss)) and set(aux) == {"loss_cubes", "loss_group_sums"}
-    tokens, pooled = model.encode(x)
+    np.testing.assert_array_equal(loss_of_batch, loss)
     assert tokens.shape == (2, 4 * 16, 32) and pooled.shape == (2, 32)
+    # Features: the mean of the final tokens, and tapped blocks averaged over the 4 spectral
+    # groups on the 4 x 4 patch grid; the last block's tap is the encoder output.
+    np.testing.assert_allclose(out["pooled"], pooled, rtol=1e-5, atol=1e-6)
+    assert [level.shape for level in out["levels"]] == [(2, 4, 4, 32)] * 4
+    grid_mean = tokens.reshape(2, 4, 4, 4, 32).mean(1)
+    np.testing.assert_allclose(out["levels"][-1], grid_mean, rtol=1e-5, atol=1e-5)
+    # Bands are picked by name; missing ones are an error naming them.
+    assert model.missing_bands(l1c) == ()
+    np.testing.assert_allclose(pooled_l1c, pooled, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="B11"):
+        model.missing_bands(SensorSpec("sentinel2_l2a", spectralgpt.BANDS[:10]))
 
 
 def _config(load, stage: str, workdir: Path):
@@ -95,16 +124,16 @@ def _losses(workdir):
 def test_two_stage_progressive_run(tmp_path, pretrain_config):
     stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
     config1 = _config(pretrain_config, "", stage1)
-    loop.train(config1, stage1, pretrain.build_task(config1, stage1))
+    loop.train(config1, stage1, pretrain.workload(config1, stage1))
     config2 = _config(pretrain_config, ",stage2", stage2)
     config2.init_from = str(stage1)
-    loop.train(config2, stage2, pretrain.build_task(config2, stage2))
+    loop.train(config2, stage2, pretrain.workload(config2, stage2))
     first, second = _losses(stage1), _losses(stage2)
     assert np.mean(first[-5:]) < np.mean(first[:5])
     assert np.mean(second[-5:]) < np.mean(second[:5])
     # Stage 2 starts from stage 1's weights, not from scratch.
     assert second[0] < first[0]
     # Its spatial positions are stage 1's, interpolated from 4 x 4 to 6 x 6.
-    task2 = pretrain.build_task(config2, stage2)
+    task2 = pretrain.workload(config2, stage2)
     _, model2 = loop.restore_model(config2, stage2, task2)
     assert model2.pos.spatial.shape == (36, 64)

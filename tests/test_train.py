@@ -171,8 +171,6 @@ class _Tiny(nnx.Module):
 
 
 def test_nan_loss_stops_with_step_and_tensors(tmp_path, prepared):
-    source = arrayrecord.ArrayRecordSource(prepared)
-
     def loss_fn(model, batch, rng):
         del rng
         y = model(batch["x"])
@@ -182,14 +180,12 @@ def test_nan_loss_stops_with_step_and_tensors(tmp_path, prepared):
         def map(self, sample):
             return {"x": sample["s1"][0, 0, :1].repeat(4)}
 
-    task = loop.Task(
+    workload = loop.Workload(
         name="tiny",
         variant="nan",
         make_model=_Tiny,
         loss_fn=loss_fn,
-        make_dataset=lambda i, n: pipeline.make_dataset(
-            source, batch_size=8, seed=0, transforms=[ToXMap()], process_index=i, process_count=n
-        ),
+        make_dataset=_x_dataset(prepared, ToXMap()),
         input_keys=("x",),
     )
     config = _config()
@@ -198,7 +194,49 @@ def test_nan_loss_stops_with_step_and_tensors(tmp_path, prepared):
         match=r"loss is nan at step 1; non-finite"
         r" gradients in \['w",
     ):
-        loop.train(config, tmp_path, task)
+        loop.train(config, tmp_path, workload)
+
+
+def _x_dataset(prepared, transform):
+    source = arrayrecord.ArrayRecordSource(prepared)
+    return lambda i, n: pipeline.make_dataset(
+        source, batch_size=8, seed=0, transforms=[transform], process_index=i, process_count=n
+    )
+
+
+class _Drifting(nnx.Module):
+    """A scalar w that the loss -w + sqrt(1.5 - w) pushes up: Adam at lr 1 moves it by about 1 per
+    step, so the loss is finite at steps 1 and 2 and NaN from step 3."""
+
+    def __init__(self, rngs):
+        del rngs
+        self.w = nnx.Param(jnp.zeros(()))
+
+    def __call__(self, x):
+        return -self.w[...] + jnp.sqrt(1.5 - self.w[...]) + 0.0 * jnp.mean(x)
+
+
+def test_nan_check_does_not_sync_every_step_but_names_the_step(tmp_path, prepared):
+    """With no logging step in sight the loss is checked one step behind: the error still names
+    the first non-finite step, and no checkpoint of a non-finite state is written."""
+
+    class ToX(grain.transforms.Map):
+        def map(self, sample):
+            return {"x": sample["s1"][0, 0, :1]}
+
+    workload = loop.Workload(
+        name="drift",
+        variant="nan",
+        make_model=_Drifting,
+        loss_fn=lambda model, batch, rng: (model(batch["x"]), {}),
+        make_dataset=_x_dataset(prepared, ToX()),
+        input_keys=("x",),
+    )
+    config = _config()
+    config.update(lr=1.0, total_steps=6, log_every=100)
+    with pytest.raises(loop.NonFiniteLossError, match=r"loss is nan at step 3; non-finite"):
+        loop.train(config, tmp_path, workload)
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
 
 
 def _config():
@@ -223,11 +261,13 @@ def _config():
 
 
 def test_check_same_model_names_the_difference(tmp_path):
-    a = {"model": "mae", "variant": "tiny", "param_shapes": {"w": [2, 2]}}
+    a = {"format": 2, "model": "mae", "variant": "tiny", "param_shapes": {"w": [2, 2]}}
     with pytest.raises(checkpoint.CheckpointMismatchError, match="model 'croma'"):
         checkpoint.check_same_model({**a, "model": "croma"}, a, tmp_path)
     with pytest.raises(checkpoint.CheckpointMismatchError, match=r"shapes differ for \['w'\]"):
         checkpoint.check_same_model({**a, "param_shapes": {"w": [3, 2]}}, a, tmp_path)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="layout version 1"):
+        checkpoint.check_same_model({k: v for k, v in a.items() if k != "format"}, a, tmp_path)
 
 
 def _free_port():

@@ -1,21 +1,28 @@
 r"""Bi-temporal change detection on Landsat (6 bands): Siamese frozen encoder + UPerNet.
 
-  python finetune/main.py --config=configs/finetune/landsat_change.py \
+  python finetune/main.py --config=configs/finetune/landsat_change.py:fusion=diff \
       --config.encoder=WORKDIR --workdir=workdirs/eval/landsat_cd
-  # concatenation instead of difference:  --config.head.fusion=concat
+  python finetune/main.py --config=configs/finetune/landsat_change.py:fusion=concat ...
 
 Trained on Nanjing (Landsat 5 TM, 2000 vs 2002), scored on Taizhou (Landsat 7 ETM+, 2000 vs 2003):
-a transfer across sites and sensors. The references are sparse (changed / unchanged pixels marked,
-the rest unlabelled): only labelled pixels train and count. Reports precision, recall, F1 and IoU
-of the change class. Only sensor-agnostic encoders (SMARTIES) read Landsat bands natively.
+a transfer across sites and sensors. Both dates go through the same encoder; per feature level
+the grids are fused by `diff` (after - before) or `concat`. The references are sparse (changed /
+unchanged pixels marked, the rest unlabelled): only labelled pixels train and count. Reports
+precision, recall, F1 and IoU of the change class. Only sensor-agnostic encoders (SMARTIES) read
+Landsat bands natively.
+
+Expected with a random SMARTIES tiny, 2 CPU cores: diff F1 0.70, IoU 0.54 (21,390 labelled test
+pixels), about 100 s.
 """
 
 import ml_collections
 
+from eofm import config_args
 from eofm.eval import config as eval_config
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    args = config_args.parse(arg, fusion="diff")
     c = eval_config.dense("change_detection")
     c.data.update(
         source="landsat_change",
@@ -24,4 +31,5 @@ def get_config() -> ml_collections.ConfigDict:
         train_ids=("Nanjing",),
         test_ids=("Taizhou",),
     )
+    c.head.fusion = args.fusion
     return c

@@ -8,52 +8,31 @@ r"""CROMA: radar-optical contrastive + masked autoencoder with 2D-ALiBi / X-ALiB
       --config.data.sensors='("s2c", "s1")' \
       --config.data.bands='{"s2c": ("B01","B02","B03","B04","B05","B06","B07","B08","B8A","B09","B11","B12")}'
 
-Variants: `tiny` (128 wide, 4 / 2 / 2 blocks; CPU), `base` (768 wide, 16 heads, optical 12 / radar 6
-/ joint 6) and `large` (1024, 16 heads, 24 / 12 / 12) as published; patch 8 at 120 px. Default data:
-the embedded BigEarthNet v2 pairs (S2 L2A 12 bands as optical, S1 VV/VH as radar), each band
-clipped to mean +- 2 std and rescaled to [0, 1] with dataset statistics (the SeCo/SatMAE recipe of
-CROMA's README, with fixed rather than batch statistics). Loss = InfoNCE + MAE (1:1).
+Variants (`eofm.models.croma.VARIANTS`): `tiny` (128 wide, 4 / 2 / 2 blocks; CPU), `base` (768
+wide, 16 heads, optical 12 / radar 6 / joint 6) and `large` (1024, 16 heads, 24 / 12 / 12) as
+published; patch 8 at 120 px. Default data: the embedded BigEarthNet v2 pairs (S2 L2A 12 bands as
+optical, S1 VV/VH as radar), each band clipped to mean +- 2 std and rescaled to [0, 1] with dataset
+statistics (the SeCo/SatMAE recipe of CROMA's README, with fixed rather than batch statistics).
+Loss = InfoNCE + MAE (1:1).
+
+Expected (tiny, 2 CPU cores): about 0.4 s per step at batch 32; the loss starts near 6.0 (InfoNCE
+about ln 32 = 3.5 plus the two reconstruction terms) and moves slowly on the 24 pairs.
 """
 
 import ml_collections
 
+from eofm import config_args
+from eofm.models import croma, family
 from eofm.train import config as train_config
-
-VARIANTS = {
-    # name: (embed_dim, optical depth, heads)
-    "tiny": (128, 4, 4),
-    "base": (768, 12, 16),
-    "large": (1024, 24, 16),
-}
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-    if arg not in VARIANTS:
-        raise ValueError(f"unknown variant {arg!r}; expected one of {sorted(VARIANTS)}")
-    dim, depth, heads = VARIANTS[arg]
+    args = config_args.parse(arg, variant="tiny")
     c = ml_collections.ConfigDict()
     c.model_name = "croma"
-    c.variant = arg
-    c.model = ml_collections.ConfigDict(
-        dict(
-            patch_size=8,
-            embed_dim=dim,
-            depth=depth,
-            num_heads=heads,
-            decoder_dim=512,
-            decoder_heads=8,
-            decoder_mlp_dim=2048,
-            mask_ratio=0.75,
-            dtype="float32",
-        )
-    )
-    if arg == "tiny":
-        c.model.update(dict(decoder_dim=128, decoder_heads=4, decoder_mlp_dim=512))
-    c.croma = ml_collections.ConfigDict(
-        dict(temperature_init=0.07, contrastive_weight=1.0, mae_weight=1.0)
-    )
+    c.variant = args.variant
+    c.model = family.config_fields(croma, args.variant)
     # data.sensors: (optical, radar); data.bands can drop S2 L1C B10 for SSL4EO-S12.
     c.data = train_config.data(normalization="mean2std_clip", image_size=120, crop_scale=(0.5, 1.0))
-
-    train_config.training(c, base_lr=1e-4)
+    train_config.pretraining(c, base_lr=1e-4)
     return c

@@ -3,24 +3,32 @@ r"""Plain ViT masked autoencoder (He et al. 2022): the baseline every family ext
   python pretrain/main.py --config=configs/pretrain/mae.py:tiny --workdir=workdirs/mae_tiny \
       --config.total_steps=300
 
-Variants: `tiny` (ViT 192 wide, 6 blocks, 96 px: a CPU step takes well under a second), `base`
-(ViT-B/16, 224 px) and `large` (ViT-L/16, 224 px) with the MAE paper's 512-wide, 8-block decoder.
-Default data: the BigEarthNet v2 S1+S2 pairs embedded in eofm (12 S2 L2A bands z-scored + VV/VH
-z-scored, stacked into 14 channels). On 2 CPU cores, `tiny` for 300 steps takes a few minutes and
-its loss (norm-pix MSE on masked patches) falls from about 1.0.
+Variants (`eofm.models.mae.VARIANTS`): `tiny` (ViT 192 wide, 6 blocks, 96 px), `base` (ViT-B/16,
+224 px) and `large` (ViT-L/16, 224 px) with the MAE paper's 512-wide, 8-block decoder. Default
+data: the BigEarthNet v2 S1+S2 pairs embedded in eofm (12 S2 L2A bands z-scored + VV/VH
+z-scored, stacked into 14 channels).
+
+Expected (tiny, 2 CPU cores): about 0.3 s per step at batch 32 (300 steps in 2-3 minutes); the
+loss (norm-pix MSE on masked patches) starts near 1.07 and falls below 1.0.
 """
 
 import ml_collections
 
+from eofm import config_args
+from eofm.models import family, mae
 from eofm.train import config as train_config
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    args = config_args.parse(arg, variant="tiny")
     c = ml_collections.ConfigDict()
     c.model_name = "mae"
-    c.variant = arg
-    c.model, size = train_config.mae_vit(arg)
-    # 12 S2 L2A bands and VV/VH, stacked into 14 channels.
-    c.data = train_config.data(normalization="zscore", image_size=size, crop_scale=(0.5, 1.0))
-    train_config.training(c, base_lr=1.5e-4)
+    c.variant = args.variant
+    c.model = family.config_fields(mae, args.variant)
+    c.data = train_config.data(
+        normalization="zscore",
+        image_size=96 if args.variant == "tiny" else 224,
+        crop_scale=(0.5, 1.0),
+    )
+    train_config.pretraining(c, base_lr=1.5e-4)
     return c

@@ -46,7 +46,18 @@ from flax import nnx
 
 from eofm.convert import common, torch_state
 from eofm.convert.common import ConversionError, ParamPath, Tensor
+from eofm.data.spec import SensorSpec
 from eofm.models.croma import Croma, CromaConfig
+
+# Inputs of a loaded model when none are given: what the released models were pretrained on,
+# SSL4EO-S12 Sentinel-2 L1C without B10 (optical) and Sentinel-1 VV, VH (radar).
+DEFAULT_INPUTS = {
+    "s2": SensorSpec(
+        "sentinel2_l1c",
+        ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"),
+    ),
+    "s1": SensorSpec.full("sentinel1_grd"),
+}
 
 # Parameters used only by the pretraining loss, absent from the released files.
 PRETRAINING_ONLY = (
@@ -160,7 +171,13 @@ def from_eofm(model: Croma) -> dict[str, np.ndarray]:
     return common.read(params, _tensors(params))
 
 
-def load_croma(path: str | os.PathLike, cfg: CromaConfig, *, rngs: nnx.Rngs | None = None) -> Croma:
+def load_croma(
+    path: str | os.PathLike,
+    cfg: CromaConfig,
+    *,
+    inputs: Mapping[str, SensorSpec] | None = None,
+    rngs: nnx.Rngs | None = None,
+) -> Croma:
     """Builds a `Croma` for `cfg` and loads a released checkpoint file into it.
 
     Args:
@@ -169,9 +186,12 @@ def load_croma(path: str | os.PathLike, cfg: CromaConfig, *, rngs: nnx.Rngs | No
       cfg: the model configuration; width and depth must match the file (a mismatch shows as
         shape errors or missing / unexpected layers). Head counts leave no trace in the shapes:
         they are taken from `cfg` (16 for both CROMA-B and CROMA-L).
+      inputs: the model's (optical, radar) input sensors; default `DEFAULT_INPUTS`. `features`
+        reads the optical bands, by name, from any data that has them.
       rngs: initialises the pretraining-only parameters; default seed 0.
     """
-    model = Croma(cfg, rngs=rngs if rngs is not None else nnx.Rngs(0))
+    inputs = DEFAULT_INPUTS if inputs is None else inputs
+    model = Croma(cfg, inputs, rngs=rngs if rngs is not None else nnx.Rngs(0))
     to_eofm(torch_state.load(path), model, source=path)
     return model
 

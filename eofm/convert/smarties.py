@@ -38,12 +38,17 @@ from flax import nnx
 
 from eofm.convert import common, torch_state
 from eofm.convert.common import ConversionError, ParamPath, Tensor
+from eofm.data.spec import SensorSpec
 from eofm.models import layers
 from eofm.models.smarties import Smarties, SmartiesConfig
 
 # Largest |difference| tolerated between a stored position table and the recomputed one.
 POSEMB_ATOL = 1e-5
 DEFAULT_IMAGE_SIZE = 224  # the official models are built for 224 px inputs
+# Inputs of a loaded model when none are given: the pretraining pair of the released models
+# (BigEarthNet Sentinel-2 + Sentinel-1). Only the pretraining loss reads them; `features` encodes
+# any sensor.
+DEFAULT_INPUTS = {"s2": SensorSpec.full("sentinel2_l2a"), "s1": SensorSpec.full("sentinel1_grd")}
 
 _DECODER_ROOTS = ("decoder", "head_kernel", "head_bias")
 # Module prefixes of the official names, by the first two parts of the eofm path.
@@ -104,7 +109,7 @@ def to_eofm(
         also_known=tables.keys(),
     )
     invalid = []
-    p = model.cfg.mae.encoder.patch_size
+    p = model.cfg.patch_size
     grid = None if image_size is None else (image_size // p, image_size // p)
     for key, width in tables.items():
         if key not in state:
@@ -146,7 +151,7 @@ def from_eofm(model: Smarties, *, image_size: int = DEFAULT_IMAGE_SIZE) -> dict[
       {official key: float32 array in the torch layout}, with `pos_embed` and
       `decoder_pos_embed` as the official code stores them.
     """
-    p = model.cfg.mae.encoder.patch_size
+    p = model.cfg.patch_size
     if image_size % p:
         raise ValueError(f"image size {image_size} is not a multiple of the patch size {p}")
     grid = (image_size // p, image_size // p)
@@ -159,6 +164,7 @@ def load_smarties(
     path: str | os.PathLike,
     cfg: SmartiesConfig,
     *,
+    inputs: Mapping[str, SensorSpec] | None = None,
     rngs: nnx.Rngs | None = None,
     allow_missing_decoder: bool = True,
     image_size: int | None = None,
@@ -170,10 +176,13 @@ def load_smarties(
       cfg: the model configuration; width, depth, patch and decoder sizes must match the file
         (a mismatch shows as shape errors). Head counts leave no trace in the shapes: they are
         taken from `cfg` (12 for ViT-B, 16 for ViT-L and the decoder).
+      inputs: the model's input sensors ({key: SensorSpec}, one or a pair); default
+        `DEFAULT_INPUTS`.
       rngs: initialises what the file lacks (the decoder of an encoder-only file); default seed 0.
       allow_missing_decoder, image_size: see `to_eofm`.
     """
-    model = Smarties(cfg, rngs=rngs if rngs is not None else nnx.Rngs(0))
+    inputs = DEFAULT_INPUTS if inputs is None else inputs
+    model = Smarties(cfg, inputs, rngs=rngs if rngs is not None else nnx.Rngs(0))
     to_eofm(
         torch_state.load(path),
         model,
@@ -218,8 +227,7 @@ def _tensors(params: Mapping[ParamPath, nnx.Param]) -> list[Tensor]:
 
 def _position_tables(model: Smarties) -> dict[str, int]:
     """Official keys of the fixed position tables -> their width."""
-    mae = model.cfg.mae
-    return {"pos_embed": mae.encoder.embed_dim, "decoder_pos_embed": mae.decoder_dim}
+    return {"pos_embed": model.cfg.embed_dim, "decoder_pos_embed": model.cfg.decoder_dim}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,11 +270,11 @@ def _check_position_table(
 
 
 def _describe_model(model: Smarties) -> str:
-    enc, mae = model.cfg.mae.encoder, model.cfg.mae
+    cfg = model.cfg
     return (
-        f"SMARTIES (width {enc.embed_dim}, depth {enc.depth}, heads {enc.num_heads}, patch"
-        f" {enc.patch_size}; decoder width {mae.decoder_dim}, depth {mae.decoder_depth}, heads"
-        f" {mae.decoder_heads}; {model.cfg.num_ranges} spectral ranges)"
+        f"SMARTIES (width {cfg.embed_dim}, depth {cfg.depth}, heads {cfg.num_heads}, patch"
+        f" {cfg.patch_size}; decoder width {cfg.decoder_dim}, depth {cfg.decoder_depth}, heads"
+        f" {cfg.decoder_heads}; {cfg.num_ranges} spectral ranges)"
     )
 
 

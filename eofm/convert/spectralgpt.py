@@ -40,7 +40,12 @@ from flax import nnx
 
 from eofm.convert import common, torch_state
 from eofm.convert.common import ConversionError, ParamPath, Tensor
-from eofm.models.spectralgpt import SpectralGPT, SpectralGPTConfig, resize_positions
+from eofm.data.spec import SensorSpec
+from eofm.models.spectralgpt import BANDS, SpectralGPT, SpectralGPTConfig, resize_positions
+
+# Inputs of a loaded model when none are given: the 12 bands SpectralGPT reads, of Sentinel-2 L1C
+# as in fMoW-Sentinel, its main pretraining set (SpectralGPT+ continued on BigEarthNet-S2, L2A).
+DEFAULT_INPUTS = {"s2": SensorSpec("sentinel2_l1c", BANDS)}
 
 # Official keys of the position tables, by eofm module and table.
 _POSITION_KEYS = {
@@ -98,7 +103,11 @@ def from_eofm(model: SpectralGPT) -> dict[str, np.ndarray]:
 
 
 def load_spectralgpt(
-    path: str | os.PathLike, cfg: SpectralGPTConfig, *, rngs: nnx.Rngs | None = None
+    path: str | os.PathLike,
+    cfg: SpectralGPTConfig,
+    *,
+    inputs: Mapping[str, SensorSpec] | None = None,
+    rngs: nnx.Rngs | None = None,
 ) -> SpectralGPT:
     """Builds a `SpectralGPT` for `cfg` and loads an official checkpoint file into it.
 
@@ -109,9 +118,12 @@ def load_spectralgpt(
         mismatch shows as shape errors or missing / unexpected layers). `image_size` may differ:
         the spatial position tables are then interpolated. Head counts leave no trace in the
         shapes: they are taken from `cfg` (12 and 16 for the released ViT-B and its decoder).
+      inputs: the model's input ({key: SensorSpec} of the `spectralgpt.BANDS`); default
+        `DEFAULT_INPUTS`. `features` reads those bands, by name, from any data that has them.
       rngs: initialises the model before loading; default seed 0.
     """
-    model = SpectralGPT(cfg, rngs=rngs if rngs is not None else nnx.Rngs(0))
+    inputs = DEFAULT_INPUTS if inputs is None else inputs
+    model = SpectralGPT(cfg, inputs, rngs=rngs if rngs is not None else nnx.Rngs(0))
     to_eofm(torch_state.load(path), model, source=path)
     return model
 

@@ -32,11 +32,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import nnx
 
-from eofm.data import augment, datasets, normalize, stats
+from eofm.data import augment, datasets, normalize, pipeline, stats
 from eofm.data.spec import SensorSpec, valid_key
-from eofm.eval import corruptions, encoders, heads, knn, linear, metrics, report, trainer
+from eofm.eval import corruptions, encoders, heads, knn, linear, metrics, report
+from eofm.eval import fit as fit_lib
 
 METHODS = ("knn", "linear", "finetune")
 
@@ -172,12 +172,12 @@ def _metric_of(scores: np.ndarray, labels: np.ndarray, multilabel: bool) -> dict
     return metrics.multiclass_metrics(scores.argmax(1), labels, scores.shape[1])
 
 
-def _fit_classifier(config, encoder, spec, train, prep, num_classes, multilabel):
+def _fit_classifier(config, workdir, encoder, spec, train, prep, num_classes, multilabel):
     """-> (featurize: encoder-ready images [B, S, S, C] -> features [B, D],
     classify: features [N, D] -> scores [N, K], settings to report)."""
     if config.method == "finetune":
-        return _finetune(config, encoder, spec, train, prep, num_classes, multilabel)
-    featurize = encoder.features(spec)
+        return _finetune(config, workdir, encoder, spec, train, prep, num_classes, multilabel)
+    featurize = encoder.pooled_fn(spec)
     feats = _concat(featurize, batches(train, prep, config.batch_size))
     if config.method == "knn":
         k = config.knn
@@ -213,36 +213,46 @@ def _fit_classifier(config, encoder, spec, train, prep, num_classes, multilabel)
     return featurize, (lambda features: np.asarray(post(probe.logits(features)))), settings
 
 
-def _finetune(config, encoder, spec, train, prep, num_classes, multilabel):
-    adapter = encoder.adapt(spec)
+def _finetune(config, workdir, encoder, spec, train, prep, num_classes, multilabel):
     images = prep(train.images, train.valid)
     targets = train.labels.astype(np.float32 if multilabel else np.int32)
-    head = heads.ClassifierHead(encoder.embed_dim, num_classes, rngs=nnx.Rngs(config.seed))
-    f = config.finetune
-
+    examples = fit_lib.ArraySource({"image": images, "label": targets})
     flip_rotate = augment.RandomCropFlipRotate(("image",), size=encoder.image_size)
+    batch_size = config.fit.batch_size
 
-    def next_batch(rng):
-        idx = rng.integers(0, len(images), f.batch_size)
-        x = [flip_rotate.random_map({"image": images[i]}, rng)["image"] for i in idx]
-        return {"image": np.stack(x), "label": targets[idx]}
+    def make_dataset(process_index: int, process_count: int):
+        return pipeline.make_dataset(
+            examples,
+            batch_size=batch_size // process_count,
+            seed=config.seed,
+            transforms=[flip_rotate],
+            process_index=process_index,
+            process_count=process_count,
+        )
 
     def loss_fn(model, head, batch):
-        logits = head(adapter.pooled(model, batch["image"]))
+        logits = head(model.features(batch["image"], spec)["pooled"])
         if multilabel:
             loss = optax.sigmoid_binary_cross_entropy(logits, batch["label"]).mean()
         else:
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
         return loss, {}
 
-    settings = trainer.FitSettings.from_config(f)
-    model, head, history = trainer.fit(
-        encoder, head, loss_fn, next_batch, settings, seed=config.seed
+    width = encoder.shapes(spec)["pooled"]
+    model, head, history = fit_lib.fit(
+        config,
+        workdir,
+        encoder,
+        name=f"classifier of {num_classes} classes on {spec.sensor}",
+        make_head=lambda rngs: heads.ClassifierHead(width, num_classes, rngs=rngs),
+        loss_fn=loss_fn,
+        make_dataset=make_dataset,
+        input_keys=("image", "label"),
     )
     post = jax.nn.sigmoid if multilabel else (lambda z: z)
-    featurize = jax.jit(lambda x: adapter.pooled(model, x))
-    classify = jax.jit(lambda features: post(head(features)))
-    settings = {**dataclasses.asdict(settings), "batch_size": f.batch_size, "history": history}
+    featurize = encoders.jit_with_modules(lambda m, x: m.features(x, spec)["pooled"], model)
+    classify = encoders.jit_with_modules(lambda h, features: post(h(features)), head)
+    settings = {**config.fit.to_dict(), "history": history}
     return featurize, lambda features: np.asarray(classify(features)), settings
 
 
@@ -255,10 +265,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     train, test, spec, class_names, split = load_splits(config)
     multilabel = train.labels.ndim == 2
     encoder = encoders.load_encoder(config.encoder)
+    encoder.missing_bands(spec)  # an encoder that reads none of the data's bands stops here
     method = config.data.normalization or encoder.normalization
     prep = Preprocess(config.data.key, spec, train, method, encoder.image_size)
     featurize, classify, settings = _fit_classifier(
-        config, encoder, spec, train, prep, len(class_names), multilabel
+        config, workdir, encoder, spec, train, prep, len(class_names), multilabel
     )
 
     def test_scores(corruption=None):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from eofm.train import config as train_config
+
 
 def robustness(corruptions: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
     """REOBench-style sweep: corruption names (("all",) = the twelve) x severities; () = off."""
@@ -13,19 +15,26 @@ def robustness(corruptions: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
 def fit(
     steps: int, lr: float, batch_size: int, *, finetune: bool = False
 ) -> ml_collections.ConfigDict:
-    """Head training (eofm.eval.trainer.FitSettings) plus its batch size."""
-    return ml_collections.ConfigDict(
-        dict(
-            steps=steps,
-            lr=lr,
-            warmup_steps=max(1, steps // 10),
-            weight_decay=0.05,
-            finetune=finetune,
-            llrd=0.75,
-            log_every=25,
-            batch_size=batch_size,
-        )
+    """Head training with the shared loop (`eofm.eval.fit`): its optimisation, mesh, checkpoint
+    and logging fields (`eofm.train.config.training`, AdamW b2 0.999, a checkpoint at the end)
+    with the warmup given as `warmup_fraction` of `total_steps`, plus `finetune` (train the
+    encoder too) and its layer-wise lr decay `llrd`."""
+    c = ml_collections.ConfigDict()
+    train_config.training(
+        c,
+        lr=lr,
+        batch_size=batch_size,
+        total_steps=steps,
+        warmup_steps=0,
+        b2=0.999,
+        log_every=25,
+        checkpoint_every=steps,
     )
+    del c.warmup_steps
+    c.warmup_fraction = 0.1
+    c.finetune = finetune
+    c.llrd = 0.75
+    return c
 
 
 def _common(task: str) -> ml_collections.ConfigDict:
@@ -39,7 +48,8 @@ def _common(task: str) -> ml_collections.ConfigDict:
 
 
 def classification(method: str = "knn") -> ml_collections.ConfigDict:
-    """`method`: knn, linear or finetune (finetune.finetune=True trains the encoder with LLRD)."""
+    """`method`: knn, linear or finetune (a head on pooled features; fit.finetune=True trains the
+    encoder with LLRD)."""
     c = _common("classification")
     c.method = method
     c.data = ml_collections.ConfigDict(
@@ -55,7 +65,7 @@ def classification(method: str = "knn") -> ml_collections.ConfigDict:
     c.test_fraction = 1 / 3
     c.knn = ml_collections.ConfigDict(dict(k=20, metric="cosine", temperature=0.07))
     c.linear = ml_collections.ConfigDict(dict(val_fraction=0.25, steps=200))
-    c.finetune = fit(steps=200, lr=1e-3, batch_size=16)
+    c.fit = fit(steps=200, lr=1e-3, batch_size=16)
     return c
 
 

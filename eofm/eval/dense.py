@@ -1,4 +1,4 @@
-"""Dense tasks on tapped encoder blocks: semantic segmentation and Siamese change detection.
+"""Dense tasks on the encoder's feature levels: semantic segmentation and Siamese change detection.
 
 Protocol (PANGAEA-like):
 - Scenes come from a source whose items hold the image keys and a "mask" (int class per pixel,
@@ -8,25 +8,29 @@ Protocol (PANGAEA-like):
 - Normalisation: the encoder's pretraining method with per-band statistics of the training pixels
   of each (key, sensor). A test scene of a sensor absent from training (e.g. Landsat 5 TM -> 7
   ETM+) uses its own pixels' statistics, which needs no labels; the report says which was used.
-- Training: random windows of the encoder's native size (random 90-degree rotation and flip, the
-  same for every key and the mask), cross-entropy over labelled pixels only; the encoder frozen
-  (fit.finetune=True trains it with LLRD).
+- Training: random windows of the encoder's native size (`windows.TrainingWindows`: random
+  90-degree rotation and flip, the same for every key and the mask), cross-entropy over labelled
+  pixels only, with the shared training loop (`eofm.eval.fit`, in WORKDIR/fit); the encoder
+  frozen (fit.finetune=True trains it with LLRD).
 - Inference: sliding windows of the native size with `window_stride` overlap, logits averaged;
   scenes smaller than a window are padded by reflection.
 - Segmentation reports miou_macro, iou_micro, oa and mf1; change detection the change class's
   precision, recall, f1 and iou over labelled pixels.
-- Change detection: one encoder applied to both dates (Siamese); per tapped level the grids are
+- Change detection: one encoder applied to both dates (Siamese); per feature level the grids are
   fused by `diff` (after - before) or `concat`, then the head. Corruptions hit the second date only
   (a misregistration, for the geometric ones), the reference stays.
+
+A task (`DENSE_TASKS`) says what differs between the two: image keys, how the encoder reads a
+batch, which image a corruption hits, the metrics and the headline one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -36,11 +40,10 @@ import optax
 from flax import nnx
 
 from eofm import sensors
-from eofm.data import augment, datasets, normalize, stats
+from eofm.data import datasets, normalize, stats
 from eofm.data.spec import SensorSpec, valid_key
-from eofm.eval import corruptions, encoders, heads, metrics, plots, report, trainer
-
-TASKS = ("segmentation", "change_detection")
+from eofm.eval import corruptions, encoders, heads, metrics, plots, report, windows
+from eofm.eval import fit as fit_lib
 
 
 @dataclasses.dataclass
@@ -69,8 +72,8 @@ def _region(shape: tuple[int, int], region: Sequence[float]) -> tuple[slice, sli
     top, left, height, width = region
     h, w = shape
     return (
-        slice(int(round(top * h)), int(round((top + height) * h))),
-        slice(int(round(left * w)), int(round((left + width) * w))),
+        slice(round(top * h), round((top + height) * h)),
+        slice(round(left * w), round((left + width) * w)),
     )
 
 
@@ -178,97 +181,6 @@ class Normalizers:
         return self._normalize[k].map({key: raw, valid_key(key): valid})[key]
 
 
-def _pad_to(x: np.ndarray, size: int) -> np.ndarray:
-    ph, pw = max(0, size - x.shape[0]), max(0, size - x.shape[1])
-    if not (ph or pw):
-        return x
-    return np.pad(x, [(0, ph), (0, pw)] + [(0, 0)] * (x.ndim - 2), mode="symmetric")
-
-
-def _starts(n: int, window: int, stride: int) -> list[int]:
-    starts = list(range(0, max(n - window, 0) + 1, stride))
-    if starts[-1] != max(n - window, 0):
-        starts.append(n - window)
-    return starts
-
-
-def sliding_window(
-    predict: Callable[[dict[str, np.ndarray]], jax.Array],
-    images: dict[str, np.ndarray],
-    window: int,
-    stride: int,
-    num_classes: int,
-    batch_size: int = 8,
-) -> np.ndarray:
-    """Logits f32[H, W, K] of whole scenes {key: [H, W, C]}, averaged over overlapping windows.
-
-    `predict` maps {key: [N, window, window, C]} to logits [N, window, window, K].
-    """
-    h, w = next(iter(images.values())).shape[:2]
-    padded = {k: _pad_to(v, window) for k, v in images.items()}
-    hp, wp = next(iter(padded.values())).shape[:2]
-    corners = [(y, x) for y in _starts(hp, window, stride) for x in _starts(wp, window, stride)]
-    total = np.zeros((hp, wp, num_classes), np.float32)
-    count = np.zeros((hp, wp, 1), np.float32)
-    for i in range(0, len(corners), batch_size):
-        chunk = corners[i : i + batch_size]
-        batch = {
-            k: np.stack([v[y : y + window, x : x + window] for y, x in chunk])
-            for k, v in padded.items()
-        }
-        logits = np.asarray(predict(batch))
-        for (y, x), out in zip(chunk, logits):
-            total[y : y + window, x : x + window] += out
-            count[y : y + window, x : x + window] += 1
-    return (total / count)[:h, :w]
-
-
-def _window_sums(x: np.ndarray, size: int) -> np.ndarray:
-    """Sums of x [H, W] over every size x size window: [H - size + 1, W - size + 1]."""
-    c = np.pad(np.cumsum(np.cumsum(x, 0, dtype=np.int64), 1), ((1, 0), (1, 0)))
-    return c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]
-
-
-class WindowSampler:
-    """Random training windows (normalised images + mask), uniform over the windows that hold a
-    labelled pixel and avoid the held-out region."""
-
-    def __init__(self, scenes: list[Scene], norm: Normalizers, keys, window: int, batch: int):
-        self.keys, self.window, self.batch = tuple(keys), window, batch
-        # The same random 90-degree rotation and flips for every key and the mask.
-        self.augment = augment.RandomCropFlipRotate(self.keys, size=window, mask_keys=("mask",))
-        self.images = [{k: _pad_to(norm(s, k), window) for k in keys} for s in scenes]
-        self.masks = [
-            _pad_to(np.where(s.held_out, -1, s.mask), window).astype(np.int32) for s in scenes
-        ]
-        self.corners = []  # per scene: (rows, cols) of the admissible top-left corners
-        for scene, mask in zip(scenes, self.masks):
-            labelled = _window_sums(mask >= 0, window) > 0
-            clear = _window_sums(_pad_to(scene.held_out, window), window) == 0
-            self.corners.append(np.nonzero(labelled & clear))
-        # Scenes are drawn in proportion to their labelled training pixels.
-        areas = np.asarray(
-            [float((m >= 0).sum()) * (len(c[0]) > 0) for m, c in zip(self.masks, self.corners)]
-        )
-        if areas.sum() == 0:
-            raise ValueError(
-                f"no {window} px training window holds a labelled pixel outside the test region"
-            )
-        self.weights = areas / areas.sum()
-
-    def _window(self, rng: np.random.Generator):
-        i = rng.choice(len(self.masks), p=self.weights)
-        rows, cols = self.corners[i]
-        j = rng.integers(len(rows))
-        box = (slice(rows[j], rows[j] + self.window), slice(cols[j], cols[j] + self.window))
-        window = {k: self.images[i][k][box] for k in self.keys}
-        return self.augment.random_map({**window, "mask": self.masks[i][box]}, rng)
-
-    def __call__(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        windows = [self._window(rng) for _ in range(self.batch)]
-        return {k: np.stack([w[k] for w in windows]) for k in (*self.keys, "mask")}
-
-
 def masked_cross_entropy(logits: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean cross-entropy over pixels with mask >= 0.  logits [B, H, W, K], mask int[B, H, W]."""
     labelled = mask >= 0
@@ -276,32 +188,107 @@ def masked_cross_entropy(logits: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(ce * labelled) / jnp.maximum(jnp.sum(labelled), 1)
 
 
+def _check_keys(task: str, keys: tuple[str, ...], count: int) -> None:
+    if len(keys) != count:
+        raise ValueError(f"{task} takes {count} image keys (data.inputs), got {keys}")
+
+
 @dataclasses.dataclass(frozen=True)
-class Layout:
-    """What a dense run feeds its head: task, image keys, tapped blocks, fusion, windows."""
+class Segmentation:
+    """Classes per pixel of one image; a corruption moves the image and its reference."""
 
-    task: str
-    keys: tuple[str, ...]  # (image,) or (before, after)
-    taps: tuple[int, ...]
-    fusion: str
-    window: int  # the encoder's native size
-    stride: int
-    num_classes: int
+    keys: tuple[str]  # (image,)
+    taps: tuple[int, ...] | None = None  # encoder blocks to read (None: the family default)
+    headline: ClassVar[str] = "miou_macro"
+    moves_reference: ClassVar[bool] = True
 
-    def forward(self, adapters: dict[str, encoders.Adapter]):
-        """(model, head, {key: images}) -> logits [B, S, S, K] for one sensor layout."""
-        keys, taps = self.keys, self.taps
+    def __post_init__(self):
+        _check_keys("segmentation", self.keys, 1)
 
-        def forward(model, head, batch):
-            if self.task == "segmentation":
-                levels = adapters[keys[0]].levels(model, batch[keys[0]], taps)
-            else:
-                before = adapters[keys[0]].levels(model, batch[keys[0]], taps)
-                after = adapters[keys[1]].levels(model, batch[keys[1]], taps)
-                levels = heads.fuse_siamese(before, after, self.fusion)
-            return head(levels, (self.window, self.window))
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> Segmentation:
+        return cls(tuple(config.data.inputs), tuple(config.head.taps) or None)
 
-        return forward
+    @property
+    def corrupted_key(self) -> str:
+        return self.keys[0]
+
+    def levels(self, model, batch: dict[str, jax.Array], specs: dict[str, SensorSpec]) -> list:
+        """Feature levels [B, h_i, w_i, D_i] of a batch {key: f32[B, S, S, C]}."""
+        (key,) = self.keys
+        return model.features(batch[key], specs[key], self.taps)["levels"]
+
+    def level_shapes(self, encoder, specs: dict[str, SensorSpec]) -> list[tuple[int, int]]:
+        """(stride, width) of each level of `levels`."""
+        return encoder.shapes(specs[self.keys[0]], self.taps)["levels"]
+
+    def score(self, preds: list[np.ndarray], masks: list[np.ndarray], num_classes: int) -> dict:
+        """miou_macro, iou_micro, oa, mf1 of class maps int[H, W] against references."""
+        acc = metrics.SegmentationMetrics(num_classes)
+        for pred, mask in zip(preds, masks):
+            acc.update(pred[None], mask[None])
+        return acc.result()
+
+
+@dataclasses.dataclass(frozen=True)
+class ChangeDetection:
+    """Change (1) or not (0) per pixel of two dates, both read by the same encoder and fused per
+    level; a corruption hits the second date only, the reference stays."""
+
+    keys: tuple[str, str]  # (before, after)
+    taps: tuple[int, ...] | None = None
+    fusion: str = "diff"  # `heads.FUSIONS`; concat doubles each level's width
+    headline: ClassVar[str] = "f1"
+    moves_reference: ClassVar[bool] = False
+
+    def __post_init__(self):
+        _check_keys("change_detection", self.keys, 2)
+        if self.fusion not in heads.FUSIONS:
+            raise ValueError(
+                f"unknown head.fusion {self.fusion!r}; expected one of {heads.FUSIONS}"
+            )
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> ChangeDetection:
+        return cls(tuple(config.data.inputs), tuple(config.head.taps) or None, config.head.fusion)
+
+    @property
+    def corrupted_key(self) -> str:
+        return self.keys[1]
+
+    def levels(self, model, batch: dict[str, jax.Array], specs: dict[str, SensorSpec]) -> list:
+        """Fused feature levels [B, h_i, w_i, D_i or 2 D_i] of both dates {key: f32[B, S, S, C]}."""
+        before, after = (model.features(batch[k], specs[k], self.taps)["levels"] for k in self.keys)
+        return heads.fuse_siamese(before, after, self.fusion)
+
+    def level_shapes(self, encoder, specs: dict[str, SensorSpec]) -> list[tuple[int, int]]:
+        levels = encoder.shapes(specs[self.keys[0]], self.taps)["levels"]
+        return [(s, 2 * w) for s, w in levels] if self.fusion == "concat" else levels
+
+    def score(self, preds: list[np.ndarray], masks: list[np.ndarray], num_classes: int) -> dict:
+        """Change-class precision, recall, f1, iou over the labelled pixels (mask 1 or 0)."""
+        del num_classes
+        acc = metrics.ChangeMetrics()
+        for pred, mask in zip(preds, masks):
+            acc.update(pred[None], (mask == 1)[None], (mask == 0)[None])
+        return acc.result()
+
+
+DENSE_TASKS = {"segmentation": Segmentation, "change_detection": ChangeDetection}
+DenseTask = Segmentation | ChangeDetection
+
+
+def dense_task(config: ml_collections.ConfigDict) -> DenseTask:
+    """The task of `config.task` on `config.data.inputs`, with `config.head`'s taps (and fusion)."""
+    if config.task not in DENSE_TASKS:
+        raise ValueError(f"unknown dense task {config.task!r}; expected one of {list(DENSE_TASKS)}")
+    return DENSE_TASKS[config.task].from_config(config)
+
+
+def dense_logits(task: DenseTask, model, head, batch, specs) -> jax.Array:
+    """Logits f32[B, S, S, K] of a batch {key: f32[B, S, S, C]} of images of `specs`."""
+    size = batch[task.keys[0]].shape[1:3]
+    return head(task.levels(model, batch, specs), size)
 
 
 def _rgb_indices(spec: SensorSpec) -> list[int]:
@@ -317,33 +304,48 @@ def _rgb_indices(spec: SensorSpec) -> list[int]:
 class Evaluator:
     """Sliding-window predictions of a trained head on (optionally corrupted) test scenes."""
 
-    def __init__(self, layout: Layout, encoder, model, head, norm: Normalizers, batch_size, seed):
-        self.layout, self.encoder, self.norm = layout, encoder, norm
-        self.model, self.head = model, head
+    def __init__(
+        self,
+        task: DenseTask,
+        model,
+        head,
+        norm: Normalizers,
+        *,
+        window: int,
+        stride: int,
+        num_classes: int,
+        batch_size: int,
+        seed: int,
+    ):
+        self.task, self.model, self.head, self.norm = task, model, head, norm
+        self.window, self.stride, self.num_classes = window, stride, num_classes
         self.batch_size, self.seed = batch_size, seed
         self._predictors = {}
         self._clean = {}  # scene id -> normalised clean images
 
     def predict(self, scene: Scene, images: dict[str, np.ndarray]) -> np.ndarray:
         """Class map int[H, W] of normalised scene images {key: [H, W, C]}."""
-        lay = self.layout
-        specs = tuple(scene.specs[k] for k in lay.keys)
-        if specs not in self._predictors:  # one jitted forward per sensor layout
-            f = lay.forward({k: self.encoder.adapt(scene.specs[k]) for k in lay.keys})
-            self._predictors[specs] = jax.jit(lambda batch: f(self.model, self.head, batch))
-        logits = sliding_window(
-            self._predictors[specs],
+        specs = {k: scene.specs[k] for k in self.task.keys}
+        layout = tuple(specs.values())
+        if layout not in self._predictors:  # one jitted forward per sensor layout
+            self._predictors[layout] = encoders.jit_with_modules(
+                lambda model, head, batch: dense_logits(self.task, model, head, batch, specs),
+                self.model,
+                self.head,
+            )
+        logits = windows.sliding_window(
+            self._predictors[layout],
             images,
-            lay.window,
-            lay.stride,
-            lay.num_classes,
+            self.window,
+            self.stride,
+            self.num_classes,
             self.batch_size,
         )
         return logits.argmax(-1)
 
     def clean(self, scene: Scene) -> dict[str, np.ndarray]:
         if scene.id not in self._clean:
-            self._clean[scene.id] = {k: self.norm(scene, k) for k in self.layout.keys}
+            self._clean[scene.id] = {k: self.norm(scene, k) for k in self.task.keys}
         return self._clean[scene.id]
 
     def inputs(
@@ -354,14 +356,13 @@ class Evaluator:
         if corruption is None:
             return self.clean(scene), scene.mask
         name, severity = corruption
-        key = self.layout.keys[-1]  # segmentation: the image; change detection: the second date
+        key, moves_mask = self.task.corrupted_key, self.task.moves_reference
         lo, hi = self.norm.range(scene, key)
         rng = jax.random.fold_in(jax.random.key(self.seed), corruptions.CORRUPTIONS.index(name))
         rng = jax.random.fold_in(rng, index)
         # The reference is unknown where the image came from outside the scene (-1); validity
         # follows the image's reflected content there (-1 casts to True).
         masks = {"valid": scene.valid[key][None]}
-        moves_mask = self.layout.task == "segmentation"
         if moves_mask:
             masks["mask"] = scene.mask[None]
         out, moved = corruptions.corrupt_scaled(
@@ -379,76 +380,91 @@ class Evaluator:
         return images, np.asarray(moved["mask"][0]) if moves_mask else scene.mask
 
     def evaluate(self, scenes: list[Scene], corruption=None) -> tuple[dict, list[np.ndarray]]:
-        """(metrics over all scenes, predicted class maps)."""
-        segmentation = self.layout.task == "segmentation"
-        acc = (
-            metrics.SegmentationMetrics(self.layout.num_classes)
-            if segmentation
-            else metrics.ChangeMetrics()
-        )
-        preds = []
+        """(the task's metrics over all scenes, predicted class maps)."""
+        preds, masks = [], []
         for index, scene in enumerate(scenes):
             images, mask = self.inputs(scene, index, corruption)
-            pred = self.predict(scene, images)
-            if segmentation:
-                acc.update(pred[None], mask[None])
-            else:
-                acc.update(pred[None], (mask == 1)[None], (mask == 0)[None])
-            preds.append(pred)
-        return acc.result(), preds
+            preds.append(self.predict(scene, images))
+            masks.append(mask)
+        return self.task.score(preds, masks, self.num_classes), preds
+
+
+def _train_specs(train: list[Scene], keys: tuple[str, ...]) -> dict[str, SensorSpec]:
+    """The one SensorSpec of each key across the training scenes."""
+    specs = {k: {s.specs[k] for s in train} for k in keys}
+    mixed = sorted(k for k, v in specs.items() if len(v) > 1)
+    if mixed:
+        raise ValueError(f"training scenes mix sensors for keys {mixed}")
+    return {k: next(iter(v)) for k, v in specs.items()}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Trains the dense head of `config`, evaluates clean and corrupted, writes the report."""
     start = time.perf_counter()
-    task = config.task
-    if task not in TASKS:
-        raise ValueError(f"unknown dense task {task!r}; expected one of {TASKS}")
-    keys = tuple(config.data.inputs)
-    if len(keys) != (1 if task == "segmentation" else 2):
-        raise ValueError(f"{task} takes {1 if task == 'segmentation' else 2} image keys: {keys}")
+    task = dense_task(config)
+    keys = task.keys
     train, test, class_names = load_scenes(config)
+    num_classes = len(class_names)
     encoder = encoders.load_encoder(config.encoder)
     window = encoder.image_size
-    layout = Layout(
-        task=task,
-        keys=keys,
-        taps=tuple(config.head.taps) or encoder.default_taps(),
-        fusion=config.head.fusion,
-        window=window,
-        stride=max(1, int(round(window * config.window_stride))),
-        num_classes=len(class_names),
-    )
+    stride = max(1, round(window * config.window_stride))
     norm = Normalizers(train, config.data.normalization or encoder.normalization)
-    train_specs = {k: {s.specs[k] for s in train} for k in keys}
-    mixed = {k: v for k, v in train_specs.items() if len(v) > 1}
-    if mixed:
-        raise ValueError(f"training scenes mix sensors for keys {sorted(mixed)}")
-    width = encoder.embed_dim * (
-        2 if task == "change_detection" and config.head.fusion == "concat" else 1
+    specs = _train_specs(train, keys)
+    level_shapes = task.level_shapes(encoder, specs)
+    sampler = windows.TrainingWindows(
+        [{k: norm(s, k) for k in keys} for s in train],
+        [s.mask for s in train],
+        [s.held_out for s in train],
+        window,
     )
-    head = heads.dense_head(
-        config.head.kind,
-        width,
-        len(layout.taps),
-        layout.num_classes,
-        channels=config.head.channels,
-        rngs=nnx.Rngs(config.seed),
-    )
-    forward = layout.forward({k: encoder.adapt(next(iter(v))) for k, v in train_specs.items()})
+
+    def make_dataset(process_index: int, process_count: int):
+        return windows.training_dataset(
+            sampler,
+            batch_size=config.fit.batch_size // process_count,
+            seed=config.seed,
+            process_index=process_index,
+            process_count=process_count,
+        )
+
+    def make_head(rngs: nnx.Rngs) -> nnx.Module:
+        return heads.dense_head(
+            config.head.kind, level_shapes, num_classes, channels=config.head.channels, rngs=rngs
+        )
 
     def loss_fn(model, head, batch):
-        return masked_cross_entropy(forward(model, head, batch), batch["mask"]), {}
+        logits = dense_logits(task, model, head, batch, specs)
+        return masked_cross_entropy(logits, batch["mask"]), {}
 
-    settings = trainer.FitSettings.from_config(config.fit)
-    sampler = WindowSampler(train, norm, keys, window, config.fit.batch_size)
-    model, head, history = trainer.fit(encoder, head, loss_fn, sampler, settings, seed=config.seed)
-    evaluator = Evaluator(layout, encoder, model, head, norm, config.batch_size, config.seed)
+    sensors_read = "+".join(spec.sensor for spec in specs.values())
+    model, head, history = fit_lib.fit(
+        config,
+        workdir,
+        encoder,
+        name=f"{config.head.kind} {config.task} head of {num_classes} classes on {sensors_read}",
+        make_head=make_head,
+        loss_fn=loss_fn,
+        make_dataset=make_dataset,
+        input_keys=(*keys, "mask"),
+    )
+    evaluator = Evaluator(
+        task,
+        model,
+        head,
+        norm,
+        window=window,
+        stride=stride,
+        num_classes=num_classes,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
     clean, preds = evaluator.evaluate(test)
-    headline = "miou_macro" if task == "segmentation" else "f1"
+    headline = task.headline
     result = {
-        "task": task,
-        "method": f"{config.head.kind} head, encoder {'finetuned' if settings.finetune else 'frozen'}",
+        "task": config.task,
+        "method": (
+            f"{config.head.kind} head, encoder {'finetuned' if config.fit.finetune else 'frozen'}"
+        ),
         "encoder": report.encoder_card(config.encoder, encoder, test[0].specs[keys[0]]),
         "data": {
             "source": config.data.source,
@@ -461,15 +477,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
             "normalization": norm.method,
             "statistics": norm.sources,
             "window": window,
-            "stride": layout.stride,
+            "stride": stride,
             "classes": class_names,
         },
-        "head": {**config.head.to_dict(), "taps": list(layout.taps)},
-        "fit": {
-            **dataclasses.asdict(settings),
-            "batch_size": config.fit.batch_size,
-            "history": history,
-        },
+        "head": {**config.head.to_dict(), "levels": [list(level) for level in level_shapes]},
+        "fit": {**config.fit.to_dict(), "history": history},
         "metrics": clean,
         "headline_metric": headline,
     }
@@ -481,21 +493,21 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
         workdir,
         result,
         class_names=class_names,
-        overlay=_overlay(test, preds, keys, window, config.num_overlays),
+        overlay=_overlay(test, preds, keys[-1], window, config.num_overlays),
     )
     return result
 
 
-def _overlay(test: list[Scene], preds: list[np.ndarray], keys, window: int, count: int):
-    """Up to `count` window-sized tiles of the test scenes with the most labelled pixels."""
+def _overlay(test: list[Scene], preds: list[np.ndarray], key: str, window: int, count: int):
+    """Up to `count` window-sized tiles (images of `key`) of the test scenes with the most
+    labelled pixels."""
     tiles = []
     for scene, pred in zip(test, preds):
-        key = keys[-1]
         rgb = plots.display_rgb(scene.raw[key], _rgb_indices(scene.specs[key]))
         h, w = scene.mask.shape
         size = min(window, h, w)
-        for y in _starts(h, size, size):
-            for x in _starts(w, size, size):
+        for y in windows.starts(h, size, size):
+            for x in windows.starts(w, size, size):
                 box = (slice(y, y + size), slice(x, x + size))
                 tiles.append(
                     (int((scene.mask[box] >= 0).sum()), rgb[box], scene.mask[box], pred[box])

@@ -1,84 +1,126 @@
-"""Frozen encoders for evaluation: any pretraining run (or a random init of a pretraining config),
-applied to a downstream sensor by band NAME, at the encoder's native input size.
+"""Encoders for evaluation: any pretraining run (or a random init of a pretraining config), read
+through its family's encoder interface (`eofm.models.family`) at its native input size.
 
 Reference forms:
   WORKDIR                          the newest checkpoint of a `pretrain/main.py` run
-  random:CONFIG_FILE[:VARIANT]     a random init of that pretraining config (a floor to beat)
+  random:CONFIG_FILE[:ARGS]        a random init of that pretraining config (a floor to beat)
 
-Bands: SMARTIES takes any bands; SpectralGPT and CROMA (optical) pick their bands from the input by
-name; the MAE baseline fills the channels it was trained on by name and sets the ones the data
-lacks to 0 after normalisation, i.e. to the dataset mean ("zero_after_norm").
+A checkpoint carries its model's config, input specs, normalisation and native size, so loading an
+encoder reads no pretraining data; a random init takes the input specs its config's source
+declares (no pixel is read).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
+from eofm.data import datasets, inputs
 from eofm.data.spec import SensorSpec
-from eofm.models import smarties, spectralgpt
-from eofm.train import loop, optim, pretrain
-
-# (model, images f32[B, S, S, C] normalised) -> pooled features [B, D]
-PooledFn = Callable[[nnx.Module, jax.Array], jax.Array]
-# (model, images, taps) -> one feature grid [B, S/p, S/p, D] per tapped block
-LevelsFn = Callable[[nnx.Module, jax.Array, Sequence[int]], list[jax.Array]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Adapter:
-    """How the encoder reads images of one sensor (bands matched by name)."""
-
-    pooled: PooledFn
-    levels: LevelsFn
-    missing_bands: tuple[str, ...]  # bands the encoder wanted that the data lacks (zero-filled)
+from eofm.models import family
+from eofm.train import checkpoint, loop, optim
 
 
 @dataclasses.dataclass
 class Encoder:
-    """A pretrained (or random) encoder, what it expects of its input, and how to finetune it."""
+    """A pretrained (or random) encoder and what it expects of its input.
 
+    Attributes:
+      ref: the reference it was loaded from.
+      name, variant: the model family and variant.
+      step: checkpoint step; None for a random init.
+      image_size: native input size (inputs are resized, or windowed, to it).
+      normalization: the pretraining normalisation method.
+      trained_specs: the inputs it was pretrained on.
+      build: rngs -> a fresh (random) model of this family and shape.
+      weights: {model state path: array}, the model's values.
+    """
+
+    ref: str
     name: str
     variant: str
-    step: int | None  # checkpoint step; None for a random init
-    image_size: int  # native input size (inputs are resized, or windowed, to it)
-    normalization: str  # the pretraining normalisation method
-    model: nnx.Module  # the whole pretraining model; encoding reads `encoding_params` of it
-    encoding_params: tuple[str, ...]  # path prefixes of the parameters that encoding reads
-    embedding_params: str  # regex of the embedding parameters (LLRD layer 0)
-    depth: int  # transformer blocks of the encoder
-    patch_size: int
-    embed_dim: int
-    trained_specs: dict[str, SensorSpec]  # the inputs it was pretrained on
+    step: int | None
+    image_size: int
+    normalization: str
+    trained_specs: dict[str, SensorSpec]
+    build: Callable[[nnx.Rngs], nnx.Module]
+    weights: dict[str, np.ndarray]
 
-    def adapt(self, spec: SensorSpec) -> Adapter:
-        """The adapter for images of `spec`; raises if the encoder needs bands the data lacks."""
-        return _ADAPTERS[self.name](self, spec)
+    @functools.cached_property
+    def model(self) -> nnx.Module:
+        """The model with its weights (the whole pretraining model; encoding reads part of it)."""
+        with nnx.use_eager_sharding(False):
+            abstract = nnx.eval_shape(lambda: self.build(nnx.Rngs(0)))
+        graphdef, state = nnx.split(abstract)
+        missing = []
 
-    def features(self, spec: SensorSpec) -> Callable[[jax.Array], jax.Array]:
-        """Jitted frozen pooled features: images f32[B, S, S, C] -> [B, D]."""
-        pooled = self.adapt(spec).pooled
-        return jax.jit(lambda x: pooled(self.model, x))
+        def value(path: str, leaf):
+            if path not in self.weights:
+                missing.append(path)
+                return leaf
+            return jax.numpy.asarray(self.weights[path], leaf.dtype)
 
-    def default_taps(self) -> tuple[int, ...]:
-        """Four blocks at 1/3, 1/2, 2/3 and the end of the depth ([3, 5, 7, 11] for 12 blocks,
-        the PANGAEA choice)."""
-        return tuple(max(0, round(self.depth * f) - 1) for f in (1 / 3, 1 / 2, 2 / 3, 1))
+        state = optim.map_paths(value, state)
+        if missing:
+            raise checkpoint.CheckpointMismatchError(
+                f"encoder {self.ref} lacks {missing[:10]}{' and more' if len(missing) > 10 else ''}"
+            )
+        return nnx.merge(graphdef, state)
+
+    @property
+    def encoding_params(self) -> tuple[str, ...]:
+        """Path prefixes of the parameters that encoding reads (finetuning trains only these)."""
+        return tuple(self.model.ENCODING_PARAMS)
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.num_layers
 
     def layer_of(self, path: str) -> int:
-        """LLRD layer id of a parameter path: embeddings 0, block i -> i + 1, everything after
-        (final norm, pooling head, task head) -> depth + 1."""
-        return optim.vit_layer_of(self.depth, self.embedding_params)(path)
+        """LLRD layer id of a model parameter path (see `eofm.models.family`)."""
+        return self.model.layer_of(path)
+
+    def missing_bands(self, spec: SensorSpec) -> tuple[str, ...]:
+        """Bands the encoder wanted that `spec` lacks; raises when it can read none of them."""
+        return tuple(self.model.missing_bands(spec))
+
+    def pooled_fn(self, spec: SensorSpec) -> Callable[[jax.Array], jax.Array]:
+        """Jitted frozen pooled features: images f32[B, S, S, C] -> [B, D]."""
+        return jit_with_modules(lambda model, x: model.features(x, spec)["pooled"], self.model)
+
+    def shapes(self, spec: SensorSpec, taps: Sequence[int] | None = None) -> dict[str, Any]:
+        """{"pooled": D, "levels": [(stride, width), ...]} of the features of native-size images."""
+        s = self.image_size
+        images = jax.ShapeDtypeStruct((1, s, s, len(spec.bands)), np.float32)
+        out = jax.eval_shape(lambda x: self.model.features(x, spec, taps), images)
+        levels = [(s // level.shape[1], level.shape[-1]) for level in out["levels"]]
+        return {"pooled": out["pooled"].shape[-1], "levels": levels}
+
+    def warm_start(self, prefix: str) -> loop.WarmStart:
+        """The encoder's weights under `prefix` of a model that contains it."""
+        values = {prefix + path: value for path, value in self.weights.items()}
+        return loop.WarmStart(self.ref, values, covers=prefix)
+
+
+def jit_with_modules(fn: Callable, *modules: nnx.Module) -> Callable:
+    """`fn(*modules, *args)` jitted with the modules' variables as arguments, not as constants
+    compiled into the program (which would make compiling a large model slow)."""
+    graphs, states = zip(*(nnx.split(m) for m in modules))
+
+    @jax.jit
+    def apply(states, *args):
+        return fn(*(nnx.merge(g, s) for g, s in zip(graphs, states)), *args)
+
+    return lambda *args: apply(states, *args)
 
 
 def _load_config_file(ref: str) -> ml_collections.ConfigDict:
@@ -91,135 +133,57 @@ def _load_config_file(ref: str) -> ml_collections.ConfigDict:
     return module.get_config(arg) if arg else module.get_config()
 
 
-def _run_config(workdir: Path) -> ml_collections.ConfigDict:
-    manager = ocp.CheckpointManager(workdir.absolute() / "checkpoints")
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"encoder {workdir}: no checkpoint in {workdir / 'checkpoints'}")
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    manager.close()
-    return ml_collections.ConfigDict(meta["config"])
+def _random(ref: str) -> Encoder:
+    config = _load_config_file(ref[len("random:") :])
+    source = datasets.make_source(config.data.source, **config.data.source_args)
+    specs = inputs.input_specs(config.data, source.specs)
+    build = family.model_builder(config, specs)
+    with nnx.use_eager_sharding(False):
+        model = build(nnx.Rngs(config.seed))
+    weights = {
+        optim.param_path(p): np.asarray(x)
+        for p, x in jax.tree_util.tree_flatten_with_path(nnx.state(model))[0]
+    }
+    return Encoder(
+        ref,
+        config.model_name,
+        config.variant,
+        None,
+        config.data.image_size,
+        config.data.normalization,
+        specs,
+        build,
+        weights,
+    )
+
+
+def _pretrained(ref: str) -> Encoder:
+    ckpt = checkpoint.Checkpointer(Path(ref) / "checkpoints")
+    try:
+        _, meta = ckpt.latest_meta()
+        if meta.get("format") != loop.CHECKPOINT_FORMAT or "inputs" not in meta:
+            raise checkpoint.CheckpointMismatchError(
+                f"encoder {ref}: its checkpoints predate the layout that records input specs"
+                f" (version {meta.get('format', 1)}, this eofm reads {loop.CHECKPOINT_FORMAT})"
+            )
+        step, weights = ckpt.latest_params()
+    finally:
+        ckpt.close()
+    config = ml_collections.ConfigDict(meta["config"])
+    specs = inputs.specs_from_json(meta["inputs"])
+    return Encoder(
+        ref,
+        meta["model"],
+        meta["variant"],
+        step,
+        meta["image_size"],
+        meta["normalization"]["method"],
+        specs,
+        family.model_builder(config, specs),
+        weights,
+    )
 
 
 def load_encoder(ref: str) -> Encoder:
-    """Builds the encoder `ref` (a pretraining workdir or `random:CONFIG[:VARIANT]`)."""
-    if ref.startswith("random:"):
-        config = _load_config_file(ref[len("random:") :])
-        # The pretraining data is only read for its band layout: prepare it in a scratch folder.
-        with tempfile.TemporaryDirectory(prefix="eofm_random_encoder_") as scratch:
-            source = pretrain.prepared_source(config, Path(scratch))
-            task = pretrain.build_task(config, scratch, source)
-            step = None
-            with nnx.use_eager_sharding(False):
-                model = task.make_model(nnx.Rngs(config.seed))
-    else:
-        workdir = Path(ref)
-        config = _run_config(workdir)
-        config.data.prepared_dir = config.data.prepared_dir or str(workdir / "data")
-        source = pretrain.prepared_source(config, workdir)
-        task = pretrain.build_task(config, workdir, source)
-        step, model = loop.restore_model(config, workdir, task)
-    trained = pretrain.input_specs(config, source)
-    name = config.model_name
-    if name not in _ADAPTERS:
-        raise ValueError(f"no encoder adapter for model {name!r}; known: {sorted(_ADAPTERS)}")
-    vit = {"smarties": lambda m: m.cfg.mae.encoder, "mae": lambda m: m.cfg.encoder}
-    cfg = vit[name](model) if name in vit else model.cfg
-    return Encoder(
-        name=name,
-        variant=config.variant,
-        step=step,
-        image_size=config.data.image_size,
-        normalization=config.data.normalization,
-        model=model,
-        encoding_params=_ENCODING_PARAMS[name],
-        embedding_params=_EMBEDDING_PARAMS[name],
-        depth=cfg.depth,
-        patch_size=cfg.patch_size,
-        embed_dim=cfg.embed_dim,
-        trained_specs=dict(trained),
-    )
-
-
-def _pick(spec: SensorSpec, bands, what: str) -> list[int]:
-    absent = [b for b in bands if b not in spec.bands]
-    if absent:
-        raise ValueError(
-            f"{what} needs bands {absent}, which {spec.sensor} data {spec.bands} lacks"
-        )
-    return [spec.bands.index(b) for b in bands]
-
-
-def _vit_grids(tokens: list[jax.Array], images: jax.Array, patch: int) -> list[jax.Array]:
-    """Drops CLS and lays tokens [B, 1 + L, D] out on the patch grid [B, H/p, W/p, D]."""
-    h, w = images.shape[1] // patch, images.shape[2] // patch
-    return [t[:, 1:].reshape(t.shape[0], h, w, t.shape[-1]) for t in tokens]
-
-
-def _smarties(encoder: Encoder, spec: SensorSpec) -> Adapter:
-    view = smarties.View.of(spec, encoder.model.cfg)
-
-    def levels(model, x, taps):
-        tokens = model.encoder.embed_patches(x, weights=view.weights)
-        return _vit_grids(model.encoder.tapped_tokens(tokens, taps), x, encoder.patch_size)
-
-    return Adapter(lambda model, x: model.encode(x, view)[1], levels, ())
-
-
-def _spectralgpt(encoder: Encoder, spec: SensorSpec) -> Adapter:
-    idx = _pick(spec, spectralgpt.BANDS, "SpectralGPT")
-    return Adapter(
-        lambda model, x: model.encode(x[..., idx])[1],
-        lambda model, x, taps: model.tapped_grids(x[..., idx], taps),
-        (),
-    )
-
-
-def _croma(encoder: Encoder, spec: SensorSpec) -> Adapter:
-    optical = next(iter(encoder.trained_specs.values()))  # the optical sensor comes first
-    idx = _pick(spec, optical.bands, "CROMA's optical encoder")
-    return Adapter(
-        lambda model, x: model.encode(optical=x[..., idx])["optical"][1],
-        lambda model, x, taps: model.optical.tapped_grids(x[..., idx], taps),
-        (),
-    )
-
-
-def _mae(encoder: Encoder, spec: SensorSpec) -> Adapter:
-    wanted = [b for s in encoder.trained_specs.values() for b in s.bands]
-    source_idx = np.asarray([spec.bands.index(b) if b in spec.bands else -1 for b in wanted])
-    missing = tuple(b for b, i in zip(wanted, source_idx) if i < 0)
-    gather = np.maximum(source_idx, 0)
-    present = jnp.asarray(source_idx >= 0, jnp.float32)
-
-    def fill(x):
-        return x[..., gather] * present
-
-    def levels(model, x, taps):
-        tokens = model.encoder.tapped_tokens(model.encoder.embed_patches(fill(x)), taps)
-        return _vit_grids(tokens, x, encoder.patch_size)
-
-    return Adapter(lambda model, x: model.encoder(fill(x))[:, 0], levels, missing)
-
-
-_ADAPTERS: dict[str, Callable[[Encoder, SensorSpec], Adapter]] = {
-    "smarties": _smarties,
-    "spectralgpt": _spectralgpt,
-    "croma": _croma,
-    "mae": _mae,
-}
-# Path prefixes (in the model state) of the parameters that encoding reads, pooling included:
-# finetuning updates only these.
-_ENCODING_PARAMS = {
-    "smarties": ("encoder/",),
-    "mae": ("encoder/",),
-    "spectralgpt": ("patch_embed/", "pos/", "blocks/", "norm/"),
-    "croma": ("optical/", "optical_gap/"),
-}
-# The embedding parameters among them (LLRD layer 0).
-_EMBEDDING_PARAMS = {
-    "smarties": r"(^|/)encoder/(patch_embed|cls_token)/",
-    "mae": r"(^|/)encoder/(patch_embed|cls_token)/",
-    "spectralgpt": r"(^|/)(patch_embed|pos)/",
-    "croma": r"(^|/)optical/embed/",
-}
+    """The encoder `ref` (a pretraining workdir or `random:CONFIG[:ARGS]`)."""
+    return _random(ref) if ref.startswith("random:") else _pretrained(ref)

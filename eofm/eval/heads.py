@@ -1,9 +1,11 @@
 """Task heads on encoder features: classification, UPerNet and linear segmentation, Siamese fusion.
 
-Dense heads take a list of feature grids [B, h, w, D] (the tapped encoder blocks, all on the patch
-grid) and return per-pixel logits [B, H, W, K] at the requested output size. Normalisation layers
-are GroupNorm rather than UPerNet's BatchNorm: statistics do not depend on the batch, so a head
-behaves the same in training and in (sliding-window) inference.
+Dense heads take the encoder's feature levels, grids [B, h_i, w_i, D_i] of stride s_i = S / h_i
+(pixels per cell of an S px image) and width D_i, described by `level_shapes` [(s_i, D_i), ...]
+(`Encoder.shapes`), and return per-pixel logits [B, H, W, K] at the requested output size. A plain
+ViT gives several levels of one stride and width, a hierarchical encoder (Swin) strides 4, 8, 16,
+32. Normalisation layers are GroupNorm rather than UPerNet's BatchNorm: statistics do not depend
+on the batch, so a head behaves the same in training and in (sliding-window) inference.
 """
 
 from __future__ import annotations
@@ -68,50 +70,107 @@ class ClassifierHead(nnx.Module):
         return self.linear(self.norm(x.astype(jnp.float32)))
 
 
+RESAMPLING = (4.0, 2.0, 1.0, 0.5)  # level stride / pyramid stride that the pyramid supports
+
+
+def resampling_factors(strides: Sequence[int]) -> tuple[float, ...]:
+    """s_i / t_i of each level: the pyramid's strides double from level to level, t_i = s_r *
+    2 ** (i - r) with r = max(N - 2, 0), so four levels of one stride s become s/4, s/2, s, 2s
+    and levels whose strides already double keep them. A factor other than 4, 2, 1 or 1/2 is a
+    ValueError naming the level."""
+    r = max(len(strides) - 2, 0)
+    factors = []
+    for i, stride in enumerate(strides):
+        target = strides[r] * 2.0 ** (i - r)
+        factor = stride / target
+        if factor not in RESAMPLING:
+            raise ValueError(
+                f"feature level {i} (stride {stride}) would need resampling by {factor:g} to"
+                f" stride {target:g} of the pyramid; the head resamples by 4, 2, 1 or 1/2"
+                f" (level strides {list(strides)})"
+            )
+        factors.append(factor)
+    return tuple(factors)
+
+
 class Feature2Pyramid(nnx.Module):
-    """Four same-scale ViT grids -> strides x4, x2, x1, x0.5 of the patch grid (the ViT adapter of
-    UPerNet): two 2x2 transposed convs with GroupNorm + GELU between, one transposed conv,
-    identity, 2x2 max pooling."""
+    """N feature levels -> a pyramid of doubling strides (see `resampling_factors`): level i is
+    resampled by s_i / t_i: x4 = two 2x2 transposed convs with GroupNorm + GELU between, x2 = one
+    transposed conv, x1 = identity, x1/2 = 2x2 max pooling. For four ViT grids these are the
+    strides x4, x2, x1, x0.5 of the patch grid (the ViT adapter of UPerNet); a Swin's levels pass
+    as they are. At most one level may need each learned upsampling (x4, x2).
 
-    def __init__(self, dim: int, *, rngs: nnx.Rngs):
-        def up():
-            return nnx.ConvTranspose(dim, dim, (2, 2), strides=(2, 2), rngs=rngs)
+    levels [B, h_i, w_i, D_i] -> f32[B, h_i * f_i, w_i * f_i, D_i].
+    """
 
-        self.up4a, self.up4b, self.up2 = up(), up(), up()
-        self.norm4 = nnx.GroupNorm(dim, num_groups=_groups(dim), rngs=rngs)
+    def __init__(self, level_shapes: Sequence[tuple[int, int]], *, rngs: nnx.Rngs):
+        strides = [stride for stride, _ in level_shapes]
+        self.factors = resampling_factors(strides)
+        width, level = {}, {}
+        for i, (factor, (_, dim)) in enumerate(zip(self.factors, level_shapes)):
+            if factor > 1 and factor in level:
+                raise ValueError(
+                    f"feature levels {level[factor]} and {i} both need x{factor:g} upsampling;"
+                    f" the pyramid has one of each (level strides {strides})"
+                )
+            width[factor], level[factor] = dim, i
+
+        def up(factor):
+            return nnx.ConvTranspose(
+                width[factor], width[factor], (2, 2), strides=(2, 2), rngs=rngs
+            )
+
+        # Created in this order (the ViT adapter's), so one seed gives the same initial values.
+        if 4 in width:
+            self.up4a, self.up4b = up(4), up(4)
+        if 2 in width:
+            self.up2 = up(2)
+        if 4 in width:
+            self.norm4 = nnx.GroupNorm(width[4], num_groups=_groups(width[4]), rngs=rngs)
+
+    def _resample(self, x: jax.Array, factor: float) -> jax.Array:
+        if factor == 4:
+            return self.up4b(jax.nn.gelu(self.norm4(self.up4a(x))))
+        if factor == 2:
+            return self.up2(x)
+        if factor == 0.5:
+            return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+        return x
 
     def __call__(self, levels: Sequence[jax.Array]) -> list[jax.Array]:
-        if len(levels) != 4:
-            raise ValueError(f"Feature2Pyramid takes 4 feature grids, got {len(levels)}")
-        a, b, c, d = (x.astype(jnp.float32) for x in levels)
-        a = self.up4b(jax.nn.gelu(self.norm4(self.up4a(a))))
-        d = nnx.max_pool(d, (2, 2), strides=(2, 2), padding="SAME")
-        return [a, self.up2(b), c, d]
+        if len(levels) != len(self.factors):
+            raise ValueError(f"the pyramid takes {len(self.factors)} levels, got {len(levels)}")
+        return [self._resample(x.astype(jnp.float32), f) for x, f in zip(levels, self.factors)]
 
 
 class UPerNet(nnx.Module):
-    """UPerNet decoder (Xiao et al. 2018) on a ViT: Feature2Pyramid, a pyramid pooling module on
-    the coarsest level, a top-down FPN, fusion of all levels at the finest one, 1x1 classifier.
+    """UPerNet decoder (Xiao et al. 2018): `Feature2Pyramid`, a pyramid pooling module on the
+    coarsest level, laterals and a top-down FPN on the others, fusion of all levels at the finest
+    one, 1x1 classifier.
 
-    levels: 4 grids [B, h, w, in_dim] -> logits f32[B, H, W, K] (bilinear to `out_hw`).
+    levels: N >= 1 grids [B, h_i, w_i, D_i] of `level_shapes` -> logits f32[B, H, W, K]
+    (bilinear to `out_hw`).
     """
 
     def __init__(
         self,
-        in_dim: int,
+        level_shapes: Sequence[tuple[int, int]],
         num_classes: int,
         *,
         channels: int = 256,
         pool_scales: Sequence[int] = (1, 2, 3, 6),
         rngs: nnx.Rngs,
     ):
-        self.pyramid = Feature2Pyramid(in_dim, rngs=rngs)
+        *finer, coarsest = [dim for _, dim in level_shapes]
+        self.pyramid = Feature2Pyramid(level_shapes, rngs=rngs)
         self.pool_scales = tuple(pool_scales)
-        self.ppm = nnx.List([ConvNormAct(in_dim, channels, 1, rngs=rngs) for _ in pool_scales])
-        self.bottleneck = ConvNormAct(in_dim + len(pool_scales) * channels, channels, 3, rngs=rngs)
-        self.lateral = nnx.List([ConvNormAct(in_dim, channels, 1, rngs=rngs) for _ in range(3)])
-        self.fpn = nnx.List([ConvNormAct(channels, channels, 3, rngs=rngs) for _ in range(3)])
-        self.fuse = ConvNormAct(4 * channels, channels, 3, rngs=rngs)
+        self.ppm = nnx.List([ConvNormAct(coarsest, channels, 1, rngs=rngs) for _ in pool_scales])
+        self.bottleneck = ConvNormAct(
+            coarsest + len(pool_scales) * channels, channels, 3, rngs=rngs
+        )
+        self.lateral = nnx.List([ConvNormAct(dim, channels, 1, rngs=rngs) for dim in finer])
+        self.fpn = nnx.List([ConvNormAct(channels, channels, 3, rngs=rngs) for _ in finer])
+        self.fuse = ConvNormAct((len(finer) + 1) * channels, channels, 3, rngs=rngs)
         self.classifier = nnx.Conv(channels, num_classes, (1, 1), rngs=rngs)
 
     def _ppm(self, x: jax.Array) -> jax.Array:
@@ -122,27 +181,33 @@ class UPerNet(nnx.Module):
         return self.bottleneck(jnp.concatenate([x, *pooled], axis=-1))
 
     def __call__(self, levels: Sequence[jax.Array], out_hw: tuple[int, int]) -> jax.Array:
-        feats = self.pyramid(levels)
-        laterals = [conv(x) for conv, x in zip(self.lateral, feats[:3])] + [self._ppm(feats[3])]
-        for i in range(3, 0, -1):  # top-down pathway
+        *finer, coarsest = self.pyramid(levels)
+        laterals = [conv(x) for conv, x in zip(self.lateral, finer)] + [self._ppm(coarsest)]
+        for i in range(len(finer), 0, -1):  # top-down pathway
             laterals[i - 1] = laterals[i - 1] + resize(laterals[i], laterals[i - 1].shape[1:3])
-        outs = [conv(x) for conv, x in zip(self.fpn, laterals[:3])] + [laterals[3]]
+        outs = [conv(x) for conv, x in zip(self.fpn, laterals)] + [laterals[-1]]
         finest = outs[0].shape[1:3]
         fused = self.fuse(jnp.concatenate([resize(x, finest) for x in outs], axis=-1))
         return resize(self.classifier(fused), out_hw)
 
 
 class LinearSegHead(nnx.Module):
-    """Linear segmentation probe: the grids concatenated along channels, LayerNorm, one 1x1
-    linear layer, bilinear upsampling.  levels [B, h, w, in_dim] each -> f32[B, H, W, K]."""
+    """Linear segmentation probe: the levels resized (bilinear) to the finest one and concatenated
+    along channels, LayerNorm, one 1x1 linear layer, bilinear upsampling.
 
-    def __init__(self, in_dim: int, num_levels: int, num_classes: int, *, rngs: nnx.Rngs):
-        dim = in_dim * num_levels
+    levels: grids [B, h_i, w_i, D_i] of `level_shapes` -> logits f32[B, H, W, K] (at `out_hw`).
+    """
+
+    def __init__(
+        self, level_shapes: Sequence[tuple[int, int]], num_classes: int, *, rngs: nnx.Rngs
+    ):
+        dim = sum(width for _, width in level_shapes)
         self.norm = nnx.LayerNorm(dim, rngs=rngs)
         self.linear = nnx.Linear(dim, num_classes, rngs=rngs)
 
     def __call__(self, levels: Sequence[jax.Array], out_hw: tuple[int, int]) -> jax.Array:
-        x = jnp.concatenate([x.astype(jnp.float32) for x in levels], axis=-1)
+        finest = max((x.shape[1:3] for x in levels), key=lambda hw: hw[0] * hw[1])
+        x = jnp.concatenate([resize(x.astype(jnp.float32), finest) for x in levels], axis=-1)
         return resize(self.linear(self.norm(x)), out_hw)
 
 
@@ -160,13 +225,18 @@ def fuse_siamese(before: Sequence[jax.Array], after: Sequence[jax.Array], fusion
 
 
 def dense_head(
-    kind: str, in_dim: int, num_levels: int, num_classes: int, *, channels: int, rngs: nnx.Rngs
+    kind: str,
+    level_shapes: Sequence[tuple[int, int]],
+    num_classes: int,
+    *,
+    channels: int,
+    rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """`upernet` (4 levels) or `linear` head for `num_levels` grids of width `in_dim`."""
+    """`upernet` or `linear` head on feature levels of `level_shapes` [(stride, width), ...]."""
+    if not level_shapes:
+        raise ValueError("a dense head needs at least one feature level")
     if kind == "upernet":
-        if num_levels != 4:
-            raise ValueError(f"the UPerNet head takes 4 encoder levels, got {num_levels}")
-        return UPerNet(in_dim, num_classes, channels=channels, rngs=rngs)
+        return UPerNet(level_shapes, num_classes, channels=channels, rngs=rngs)
     if kind == "linear":
-        return LinearSegHead(in_dim, num_levels, num_classes, rngs=rngs)
+        return LinearSegHead(level_shapes, num_classes, rngs=rngs)
     raise ValueError(f"unknown dense head {kind!r}; expected 'upernet' or 'linear'")

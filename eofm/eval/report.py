@@ -33,7 +33,7 @@ def encoder_card(ref: str, encoder: Encoder, spec: SensorSpec) -> dict[str, Any]
         "checkpoint_step": encoder.step,
         "image_size": encoder.image_size,
         "pretraining_normalization": encoder.normalization,
-        "zero_filled_bands": list(encoder.adapt(spec).missing_bands),
+        "zero_filled_bands": list(encoder.missing_bands(spec)),
     }
 
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from eofm import parallel
-from eofm.models import layers
+from eofm.data.spec import SensorSpec
+from eofm.models import family, layers
 from eofm.models.mae import norm_pix_stats, random_masking, unshuffle_with_mask_tokens
 from eofm.models.tokenizers import band_patches
 
@@ -62,6 +64,37 @@ class CromaConfig:
     @property
     def half_depth(self) -> int:
         return self.depth // 2
+
+
+Config = CromaConfig
+# Published sizes (base, large; patch 8 at 120 px) and a CPU `tiny`.
+VARIANTS = {
+    "tiny": dict(
+        embed_dim=128, depth=4, num_heads=4, decoder_dim=128, decoder_heads=4, decoder_mlp_dim=512
+    ),
+    "base": dict(embed_dim=768, depth=12, num_heads=16),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+}
+DATA_FIELDS = ("optical_channels", "radar_channels")
+OPTICAL_BANDS, RADAR_BANDS = 12, 2
+
+
+def from_data(inputs: Mapping[str, SensorSpec], image_size: int) -> dict[str, int]:
+    """(optical, radar): 12 Sentinel-2 bands (no B10) and Sentinel-1 VV, VH, in that order."""
+    del image_size
+    if len(inputs) != 2:
+        raise ValueError(f"CROMA needs data.sensors = (optical, radar), got {list(inputs)}")
+    (optical, optical_spec), (radar, radar_spec) = inputs.items()
+    for key, spec, n, what in (
+        (optical, optical_spec, OPTICAL_BANDS, "optical"),
+        (radar, radar_spec, RADAR_BANDS, "radar"),
+    ):
+        if len(spec.bands) != n:
+            raise ValueError(
+                f"CROMA's {what} input {key!r} must have {n} bands, got {spec.bands}"
+                " (select them with data.bands)"
+            )
+    return {"optical_channels": OPTICAL_BANDS, "radar_channels": RADAR_BANDS}
 
 
 def patch_vectors(images: jax.Array, patch_size: int) -> jax.Array:
@@ -149,10 +182,17 @@ class GapFfn(nnx.Module):
 
 
 class Croma(nnx.Module):
-    """Optical, radar and joint encoders, GAP-FFN heads, contrastive heads and the MAE decoder."""
+    """Optical, radar and joint encoders, GAP-FFN heads, contrastive heads and the MAE decoder.
 
-    def __init__(self, cfg: CromaConfig, *, rngs: nnx.Rngs):
+    As an encoder for downstream tasks, the optical encoder reads the bands it was pretrained on,
+    picked by name, and pools with its GAP-FFN head.
+    """
+
+    ENCODING_PARAMS = ("optical/", "optical_gap/")
+
+    def __init__(self, cfg: CromaConfig, inputs: Mapping[str, SensorSpec], *, rngs: nnx.Rngs):
         self.cfg = cfg
+        self.inputs = dict(inputs)
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
         d = cfg.embed_dim
         self.optical = _Encoder(cfg, cfg.optical_channels, cfg.depth, rngs=rngs)
@@ -233,7 +273,40 @@ class Croma(nnx.Module):
             out["joint"] = (joint, jnp.mean(joint, axis=1))
         return out
 
+    def _optical_bands(self, spec: SensorSpec) -> list[int]:
+        optical = next(iter(self.inputs.values()))
+        return family.pick_bands(spec, optical.bands, "CROMA's optical encoder")
+
+    def missing_bands(self, spec: SensorSpec) -> tuple[str, ...]:
+        self._optical_bands(spec)
+        return ()
+
+    def features(
+        self, images: jax.Array, spec: SensorSpec, taps: Sequence[int] | None = None
+    ) -> dict[str, Any]:
+        """The optical encoder's GAP-FFN pooling and tapped blocks on the patch grid (stride 8)."""
+        x = images[..., self._optical_bands(spec)]
+        taps = tuple(taps) if taps else family.default_taps(self.cfg.depth)
+        grids = self.optical.tapped_grids(x, (*taps, self.cfg.depth - 1))
+        last = grids[-1]
+        pooled = self.optical_gap(last.reshape(last.shape[0], -1, last.shape[-1]))
+        return {"pooled": pooled, "levels": grids[:-1]}
+
+    @property
+    def num_layers(self) -> int:
+        return self.cfg.depth + 1
+
+    def layer_of(self, path: str) -> int:
+        return family.block_layer_of(self.cfg.depth, r"^optical/embed/", "optical/")(path)
+
     # ---- pretraining ----------------------------------------------------------------------
+
+    def loss(self, batch: Mapping[str, jax.Array], rng: jax.Array):
+        optical, radar = self.inputs
+        return self(batch[optical], batch[radar], rng=rng)
+
+    def flops_per_example(self, image_size: int) -> float:
+        return croma_flops_per_example(self.cfg, (image_size, image_size))
 
     def __call__(
         self, optical: jax.Array, radar: jax.Array, *, rng: jax.Array
@@ -376,10 +449,4 @@ def croma_flops_per_example(cfg: CromaConfig, image_hw: tuple[int, int]) -> floa
     return 3.0 * (embed + encoders + joint + heads + decoder)
 
 
-def croma_variants() -> dict[str, dict[str, int]]:
-    """Published sizes (base, large) and a CPU `tiny`."""
-    return {
-        "tiny": dict(embed_dim=128, depth=4, num_heads=4),
-        "base": dict(embed_dim=768, depth=12, num_heads=16),
-        "large": dict(embed_dim=1024, depth=24, num_heads=16),
-    }
+Model = Croma

@@ -8,23 +8,27 @@ width. Patch values are flattened as in `layers.patchify`: (row, col, channel).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from eofm.data.spec import SensorSpec
 from eofm.models import layers
-from eofm.models.vit import ViTConfig, ViTEncoder, vit_forward_flops
+from eofm.models.vit import ViTConfig, ViTEncoder, ViTFeatures, vit_forward_flops
 
 NORM_PIX_EPS = 1e-6
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class MAEConfig:
-    """MAE hyper-parameters; the decoder reuses the encoder's mlp_ratio, qkv_bias, ln_eps, dtypes.
+class MAEConfig(ViTConfig):
+    """MAE hyper-parameters: the ViT encoder's fields (`ViTConfig`) plus the decoder's; the decoder
+    reuses the encoder's mlp_ratio, qkv_bias, ln_eps and dtypes.
 
     Attributes:
-      encoder: the ViT encoder.
       decoder_dim: Dd, decoder width.
       decoder_depth: number of decoder blocks.
       decoder_heads: decoder attention heads.
@@ -32,16 +36,45 @@ class MAEConfig:
       norm_pix_loss: regress per-patch normalised pixels (`norm_pix_stats`) instead of raw ones.
     """
 
-    encoder: ViTConfig
     decoder_dim: int = 512
     decoder_depth: int = 8
     decoder_heads: int = 16
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True
 
+    @property
+    def encoder(self) -> ViTConfig:
+        return ViTConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ViTConfig)})
+
     def num_kept(self, num_patches: int) -> int:
         """K = int(L * (1 - mask_ratio)): patches the encoder sees."""
         return int(num_patches * (1 - self.mask_ratio))
+
+
+Config = MAEConfig
+# The ViT sizes of the MAE paper (patch 16, 512-wide 8-block decoder) and a CPU `tiny`.
+VARIANTS = {
+    "tiny": dict(
+        patch_size=16,
+        embed_dim=192,
+        depth=6,
+        num_heads=3,
+        decoder_dim=128,
+        decoder_depth=2,
+        decoder_heads=4,
+    ),
+    "base": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "large": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
+}
+DATA_FIELDS = ("in_chans",)
+
+
+def from_data(inputs: Mapping[str, SensorSpec], image_size: int) -> dict[str, int]:
+    """Any sensors: their bands are stacked along channels, in `inputs` order."""
+    del image_size
+    if not inputs:
+        raise ValueError("the MAE needs at least one input sensor")
+    return {"in_chans": sum(len(spec.bands) for spec in inputs.values())}
 
 
 def random_masking(
@@ -131,11 +164,22 @@ class MAEDecoder(nnx.Module):
         return self.norm(x)[:, 1:]
 
 
-class MAE(nnx.Module):
-    """ViT encoder on the kept patches; a light ViT decoder predicts every patch's pixels."""
+class MAE(ViTFeatures, nnx.Module):
+    """ViT encoder on the kept patches; a light ViT decoder predicts every patch's pixels.
 
-    def __init__(self, cfg: MAEConfig, *, rngs: nnx.Rngs):
+    The images of every input sensor are stacked along channels (in `inputs` order) into one
+    C-channel image; as an encoder for other data, bands are matched by name and the ones the data
+    lack are set to 0 after normalisation (the dataset mean).
+    """
+
+    def __init__(self, cfg: MAEConfig, inputs: Mapping[str, SensorSpec], *, rngs: nnx.Rngs):
         self.cfg = cfg
+        self.inputs = dict(inputs)
+        self.bands = tuple(b for spec in self.inputs.values() for b in spec.bands)
+        if len(self.bands) != cfg.in_chans:
+            raise ValueError(
+                f"inputs {self.inputs} have {len(self.bands)} bands, not {cfg.in_chans}"
+            )
         enc = cfg.encoder
         kw = dict(dtype=enc.dtype, param_dtype=enc.param_dtype, rngs=rngs)
         self.encoder = ViTEncoder(enc, rngs=rngs)
@@ -187,6 +231,39 @@ class MAE(nnx.Module):
         loss = masked_mse(pred, target, mask)
         return loss, {"pred": pred, "mask": mask, "target": target}
 
+    # ---- the family protocol (eofm.models.family) -----------------------------------------
+
+    def stack(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+        """The input sensors' images stacked along channels.  -> f32[B, H, W, C]."""
+        return jnp.concatenate([batch[k] for k in self.inputs], axis=-1)
+
+    def loss(self, batch: Mapping[str, jax.Array], rng: jax.Array):
+        loss, _ = self(self.stack(batch), rng=rng)
+        return loss, {}
+
+    def flops_per_example(self, image_size: int) -> float:
+        return mae_flops_per_example(self.cfg, (image_size, image_size))
+
+    def _filled(self, spec: SensorSpec) -> tuple[np.ndarray, np.ndarray]:
+        """(gather index, presence) of the encoder's channels in images of `spec`."""
+        index = np.asarray([spec.bands.index(b) if b in spec.bands else -1 for b in self.bands])
+        return np.maximum(index, 0), (index >= 0).astype(np.float32)
+
+    def missing_bands(self, spec: SensorSpec) -> tuple[str, ...]:
+        missing = tuple(b for b in self.bands if b not in spec.bands)
+        if len(missing) == len(self.bands):
+            raise ValueError(
+                f"the MAE reads bands {self.bands}; {spec.sensor} data {spec.bands} have none"
+            )
+        return missing
+
+    def features(
+        self, images: jax.Array, spec: SensorSpec, taps: Sequence[int] | None = None
+    ) -> dict[str, Any]:
+        gather, present = self._filled(spec)
+        tokens = self.encoder.embed_patches(images[..., gather] * present)
+        return self.vit_features(tokens, images.shape[1:3], taps)
+
     def reconstruct(self, images: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Predicted images for visualisation.
 
@@ -235,3 +312,6 @@ def mae_flops_per_example(cfg: MAEConfig, image_hw: tuple[int, int]) -> float:
         + 2.0 * num_patches * cfg.decoder_dim * patch_dim
     )
     return 3.0 * forward
+
+
+Model = MAE

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,19 +33,19 @@ from flax import nnx
 
 from eofm.data.spec import SensorSpec
 from eofm.models import layers, spectral
+from eofm.models import mae as mae_lib
 from eofm.models.mae import NORM_PIX_EPS, MAEConfig, MAEDecoder, norm_pix_stats, random_masking
 from eofm.models.tokenizers import SpectralPatchEmbed, band_patches
-from eofm.models.vit import ViTEncoder, vit_forward_flops
+from eofm.models.vit import ViTEncoder, ViTFeatures, vit_forward_flops
 
 LOSS_EPS = 1e-6
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SmartiesConfig:
-    """SMARTIES hyper-parameters.
+class SmartiesConfig(MAEConfig):
+    """SMARTIES hyper-parameters: the MAE's (`in_chans` unused: the tokenizer takes any bands) and
 
     Attributes:
-      mae: encoder (ViT; `in_chans` unused) and decoder sizes, mask ratio, norm-pix.
       num_ranges: spectral-range projections (17 in the released weights).
       max_bands: C_max, band slots per token (12).
       mixup_ratio: fraction of M1's positions taken from the first view.
@@ -52,12 +53,26 @@ class SmartiesConfig:
       blend: how bands of unseen sensors blend two ranges ("nearer" or "official").
     """
 
-    mae: MAEConfig
     num_ranges: int = spectral.NUM_RANGES
     max_bands: int = 12
     mixup_ratio: float = 0.5
     official_mixup_bug: bool = False
     blend: str = "nearer"
+
+
+Config = SmartiesConfig
+# The MAE's ViT sizes (patch 16, 512-wide 8-block decoder) with 17 per-range heads.
+VARIANTS = mae_lib.VARIANTS
+DATA_FIELDS = ("in_chans",)
+
+
+def from_data(inputs: Mapping[str, SensorSpec], image_size: int) -> dict[str, int]:
+    """One sensor, or a pair of co-registered views (`Smarties` checks that each has a band the
+    spectral ranges cover)."""
+    del image_size
+    if len(inputs) not in (1, 2):
+        raise ValueError(f"SMARTIES pretrains on one sensor or a pair, got {list(inputs)}")
+    return {"in_chans": 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,25 +95,28 @@ class View:
         return cls(weights, slots, weights[slots])
 
 
-class Smarties(nnx.Module):
+class Smarties(ViTFeatures, nnx.Module):
     """Spectrum-aware ViT encoder + MAE decoder + one pixel head per spectral range."""
 
-    def __init__(self, cfg: SmartiesConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: SmartiesConfig, inputs: Mapping[str, SensorSpec], *, rngs: nnx.Rngs):
         self.cfg = cfg
-        enc = cfg.mae.encoder
+        self.inputs = dict(inputs)
+        for spec in self.inputs.values():
+            View.of(spec, cfg)  # raises when no band has a spectral projection
+        enc = cfg.encoder
         kw = dict(dtype=enc.dtype, param_dtype=enc.param_dtype, rngs=rngs)
         tokenizer = SpectralPatchEmbed(
             enc.patch_size, cfg.num_ranges, enc.embed_dim, max_bands=cfg.max_bands, **kw
         )
         self.encoder = ViTEncoder(enc, rngs=rngs, patch_embed=tokenizer)
-        self.decoder = MAEDecoder(cfg.mae, rngs=rngs)
+        self.decoder = MAEDecoder(cfg, rngs=rngs)
         pp = enc.patch_size**2
         head_init = layers.logical(
             nnx.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,)),
             (None, "embed", "patch"),
         )
         self.head_kernel = nnx.Param(
-            head_init(rngs.params(), (cfg.num_ranges, cfg.mae.decoder_dim, pp), enc.param_dtype)
+            head_init(rngs.params(), (cfg.num_ranges, cfg.decoder_dim, pp), enc.param_dtype)
         )
         self.head_bias = nnx.Param(
             layers.logical(nnx.initializers.zeros, (None, "patch"))(
@@ -109,33 +127,37 @@ class Smarties(nnx.Module):
     # ---- encoding -------------------------------------------------------------------------
 
     def encode(self, images: jax.Array, view: View) -> tuple[jax.Array, jax.Array]:
-        """All patches of one image.  [B, H, W, C] -> (tokens [B, L, D], pooled CLS [B, D])."""
+        """All patches of one image.  [B, H, W, C] -> (tokens [B, L, D], pooled CLS [B, D]).
+
+        The released model's encoder output (what the weight importer is checked against).
+        """
         tokens = self.encoder.encode_tokens(
             self.encoder.embed_patches(images, weights=view.weights)
         )
         return tokens[:, 1:], tokens[:, 0]
 
-    def encode_batch(
-        self, batch: Mapping[str, jax.Array], specs: Mapping[str, SensorSpec]
-    ) -> tuple[jax.Array, jax.Array]:
-        """The `Encoder` API: every image of a sample dict, whatever its sensor and bands.
+    def features(
+        self, images: jax.Array, spec: SensorSpec, taps: Sequence[int] | None = None
+    ) -> dict[str, Any]:
+        tokens = self.encoder.embed_patches(images, weights=View.of(spec, self.cfg).weights)
+        return self.vit_features(tokens, images.shape[1:3], taps)
 
-        Args:
-          batch: {key: f32[B, H, W, C]} (other keys are ignored).
-          specs: {key: SensorSpec} of the images to encode (a source's `specs`).
-        Returns:
-          tokens [B, sum of L_key, D] (sensors concatenated along the sequence, in `specs` order)
-          and pooled [B, D], the mean of the sensors' CLS features.
-        """
-        encoded = [self.encode(batch[k], View.of(spec, self.cfg)) for k, spec in specs.items()]
-        tokens = jnp.concatenate([t for t, _ in encoded], axis=1)
-        return tokens, jnp.mean(jnp.stack([p for _, p in encoded]), axis=0)
+    def missing_bands(self, spec: SensorSpec) -> tuple[str, ...]:
+        View.of(spec, self.cfg)  # raises when no band has a spectral projection
+        return ()
 
     # ---- pretraining ----------------------------------------------------------------------
 
+    def loss(self, batch: Mapping[str, jax.Array], rng: jax.Array):
+        views = [View.of(spec, self.cfg) for spec in self.inputs.values()]
+        return self([batch[k] for k in self.inputs], views, rng=rng)
+
+    def flops_per_example(self, image_size: int) -> float:
+        return smarties_flops_per_example(self.cfg, (image_size, image_size), len(self.inputs))
+
     def _targets(self, images: jax.Array, view: View) -> jax.Array:
         """Per-token pixels of the band slots.  -> f32[B, L, max_bands * p*p]."""
-        x = band_patches(images.astype(jnp.float32), self.cfg.mae.encoder.patch_size)
+        x = band_patches(images.astype(jnp.float32), self.cfg.encoder.patch_size)
         x = x[:, :, view.slot_bands]
         return x.reshape(*x.shape[:2], -1)
 
@@ -155,7 +177,7 @@ class Smarties(nnx.Module):
     def _view_loss(self, tokens, targets, slot_weights, ids_keep, ids_restore, mask, grid_hw):
         latent = self.encoder.encode_tokens(jnp.take_along_axis(tokens, ids_keep[..., None], 1))
         pred = self._predict(self.decoder(latent, ids_restore, grid_hw), slot_weights)
-        if self.cfg.mae.norm_pix_loss:
+        if self.cfg.norm_pix_loss:
             mean, std = norm_pix_stats(targets, NORM_PIX_EPS)
             targets = (targets - mean) / std
         per_token = jnp.mean(jnp.square(pred - targets), axis=-1)
@@ -178,7 +200,7 @@ class Smarties(nnx.Module):
                 f"SMARTIES takes one view or a pair, got {len(images)} images and"
                 f" {len(views)} views"
             )
-        p = self.cfg.mae.encoder.patch_size
+        p = self.cfg.encoder.patch_size
         b, h, w, _ = images[0].shape
         grid_hw = (h // p, w // p)
         num_patches = grid_hw[0] * grid_hw[1]
@@ -190,7 +212,7 @@ class Smarties(nnx.Module):
             for v in views
         ]
         ids_keep, mask, ids_restore = random_masking(
-            mask_rng, b, num_patches, self.cfg.mae.num_kept(num_patches)
+            mask_rng, b, num_patches, self.cfg.num_kept(num_patches)
         )
         views_data = [(t, y, s) for t, y, s in zip(tokens, targets, slots)]
         if len(images) == 2:
@@ -231,7 +253,7 @@ def smarties_flops_per_example(
     """Training FLOPs per example (3 x forward, 2 FLOPs per multiply-add), per view:
     tokenizer 2 L C_max p^2 D (the mean over bands costs C_max projections), encoder on 1 + K,
     decoder as MAE's, heads 2 L Dd R p^2 plus the slot mix 2 L C_max R p^2."""
-    enc, mae = cfg.mae.encoder, cfg.mae
+    enc, mae = cfg.encoder, cfg
     p = enc.patch_size
     num_patches = (image_hw[0] // p) * (image_hw[1] // p)
     kept = mae.num_kept(num_patches)
@@ -246,3 +268,6 @@ def smarties_flops_per_example(
         + 2.0 * num_patches * cfg.max_bands * cfg.num_ranges * pp
     )
     return 3.0 * num_views * forward
+
+
+Model = Smarties

@@ -18,14 +18,16 @@ row, col) order; no norm-pix. Loss = L1 + L2 with
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from eofm.models import layers
+from eofm.data.spec import SensorSpec
+from eofm.models import family, layers
 from eofm.models.mae import random_masking, unshuffle_with_mask_tokens
 
 BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
@@ -64,6 +66,7 @@ class SpectralGPTConfig:
         return self.bands_per_token * self.patch_size**2
 
 
+Config = SpectralGPTConfig
 VARIANTS = {
     "tiny": dict(
         embed_dim=192, depth=6, num_heads=3, decoder_dim=128, decoder_depth=2, decoder_heads=4
@@ -72,6 +75,28 @@ VARIANTS = {
     "large": dict(embed_dim=1024, depth=24, num_heads=16),
     "huge": dict(embed_dim=1280, depth=32, num_heads=16),
 }
+DATA_FIELDS = ("image_size",)
+
+
+def from_data(inputs: Mapping[str, SensorSpec], image_size: int) -> dict[str, int]:
+    """One Sentinel-2 image with exactly `BANDS`, in that order; the image size fixes the learned
+    spatial position tables."""
+    if len(inputs) != 1:
+        raise ValueError(f"SpectralGPT takes one Sentinel-2 image, got data.sensors={list(inputs)}")
+    ((key, spec),) = inputs.items()
+    if spec.bands != BANDS:
+        raise ValueError(
+            f"SpectralGPT needs the bands {BANDS} in this order, got {spec.bands} for {key!r}"
+            " (set data.bands)"
+        )
+    return {"image_size": image_size}
+
+
+def adapt_param(path: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Interpolates spatial position tables to the new grid (progressive training)."""
+    if path.split("/")[-2:] != ["spatial", "value"]:
+        raise ValueError(f"{path}: shape {value.shape} cannot become {shape}")
+    return np.asarray(resize_positions(value, int(round(np.sqrt(shape[0])))))
 
 
 def cubify(images: jax.Array, patch_size: int = 8, bands_per_token: int = 3) -> jax.Array:
@@ -131,8 +156,11 @@ class SeparablePositions(nnx.Module):
 class SpectralGPT(nnx.Module):
     """3-D cube ViT encoder (no CLS) + separable-position decoder for masked cube modelling."""
 
-    def __init__(self, cfg: SpectralGPTConfig, *, rngs: nnx.Rngs):
+    ENCODING_PARAMS = ("patch_embed/", "pos/", "blocks/", "norm/")
+
+    def __init__(self, cfg: SpectralGPTConfig, inputs: Mapping[str, SensorSpec], *, rngs: nnx.Rngs):
         self.cfg = cfg
+        self.inputs = dict(inputs)
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
         d, dd = cfg.embed_dim, cfg.decoder_dim
         spatial = cfg.grid**2
@@ -192,12 +220,35 @@ class SpectralGPT(nnx.Module):
         tokens = self.encode_tokens(self.embed(images))
         return tokens, jnp.mean(tokens, axis=1)
 
-    def tapped_grids(self, images: jax.Array, taps: Sequence[int]) -> list[jax.Array]:
-        """Dense features: outputs of blocks `taps`, averaged over the spectral groups.
-        [B, S, S, 12] -> one [B, S/p, S/p, D] per tap."""
-        b, s = images.shape[0], self.cfg.image_size // self.cfg.patch_size
-        levels = layers.tapped_blocks(self.blocks, self.embed(images), taps, self.norm)
-        return [t.reshape(b, -1, s, s, t.shape[-1]).mean(axis=1) for t in levels]
+    def missing_bands(self, spec: SensorSpec) -> tuple[str, ...]:
+        family.pick_bands(spec, BANDS, "SpectralGPT")
+        return ()
+
+    def features(
+        self, images: jax.Array, spec: SensorSpec, taps: Sequence[int] | None = None
+    ) -> dict[str, Any]:
+        """Mean of the final tokens, and tapped blocks averaged over the spectral groups on the
+        patch grid [B, S/p, S/p, D] (stride p)."""
+        x = images[..., family.pick_bands(spec, BANDS, "SpectralGPT")]
+        depth, grid = self.cfg.depth, self.cfg.grid
+        taps = tuple(taps) if taps else family.default_taps(depth)
+        tokens = layers.tapped_blocks(self.blocks, self.embed(x), (*taps, depth - 1), self.norm)
+        grids = [t.reshape(t.shape[0], -1, grid, grid, t.shape[-1]).mean(1) for t in tokens[:-1]]
+        return {"pooled": jnp.mean(tokens[-1], axis=1), "levels": grids}
+
+    @property
+    def num_layers(self) -> int:
+        return self.cfg.depth + 1
+
+    def layer_of(self, path: str) -> int:
+        return family.block_layer_of(self.cfg.depth, r"^(patch_embed|pos)/")(path)
+
+    def loss(self, batch: Mapping[str, jax.Array], rng: jax.Array):
+        (key,) = self.inputs
+        return self(batch[key], rng=rng)
+
+    def flops_per_example(self, image_size: int) -> float:
+        return spectralgpt_flops_per_example(dataclasses.replace(self.cfg, image_size=image_size))
 
     def __call__(
         self, images: jax.Array, *, rng: jax.Array
@@ -248,3 +299,6 @@ def spectralgpt_flops_per_example(cfg: SpectralGPTConfig) -> float:
         + 2.0 * n * cfg.decoder_dim * cfg.cube_dim
     )
     return 3.0 * forward
+
+
+Model = SpectralGPT

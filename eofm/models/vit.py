@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
-from eofm.models import layers
+from eofm.models import family, layers
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -48,22 +48,6 @@ class ViTConfig:
     @property
     def mlp_dim(self) -> int:
         return int(self.embed_dim * self.mlp_ratio)
-
-
-VIT_VARIANTS: dict[str, dict[str, int]] = {
-    "tiny": {"patch_size": 16, "embed_dim": 192, "depth": 12, "num_heads": 3},
-    "small": {"patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6},
-    "base": {"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12},
-    "large": {"patch_size": 16, "embed_dim": 1024, "depth": 24, "num_heads": 16},
-    "huge": {"patch_size": 16, "embed_dim": 1280, "depth": 32, "num_heads": 16},
-}
-
-
-def vit_config(variant: str, **overrides: Any) -> ViTConfig:
-    """A `ViTConfig` for a named variant of `VIT_VARIANTS`, with fields replaced by `overrides`."""
-    if variant not in VIT_VARIANTS:
-        raise ValueError(f"unknown ViT variant {variant!r}; known: {sorted(VIT_VARIANTS)}")
-    return ViTConfig(**{**VIT_VARIANTS[variant], **overrides})
 
 
 class ViTEncoder(nnx.Module):
@@ -123,6 +107,33 @@ class ViTEncoder(nnx.Module):
     def __call__(self, images: jax.Array) -> jax.Array:
         """images f32[B, H, W, C] -> tokens [B, 1 + L, D] (CLS first)."""
         return self.encode_tokens(self.embed_patches(images))
+
+
+class ViTFeatures:
+    """The encoder side of the family protocol (`eofm.models.family`) for models whose encoder is
+    the `ViTEncoder` at `self.encoder`: encoding parameters, LLRD layer ids, dense features."""
+
+    ENCODING_PARAMS = ("encoder/",)
+
+    @property
+    def num_layers(self) -> int:
+        return self.encoder.cfg.depth + 1
+
+    def layer_of(self, path: str) -> int:
+        """Embeddings (patch embedding, CLS) 0, encoder block i -> i + 1, the rest depth + 1."""
+        embeddings = r"^encoder/(patch_embed|cls_token)(/|$)"
+        return family.block_layer_of(self.encoder.cfg.depth, embeddings, "encoder/")(path)
+
+    def vit_features(
+        self, tokens: jax.Array, image_hw: tuple[int, int], taps: Sequence[int] | None
+    ) -> dict[str, Any]:
+        """Features of embedded patch tokens [B, L, D]: the final CLS [B, D] and the tapped blocks
+        on the patch grid [B, H/p, W/p, D] (stride p; default taps `family.default_taps`)."""
+        cfg = self.encoder.cfg
+        taps = tuple(taps) if taps else family.default_taps(cfg.depth)
+        out = self.encoder.tapped_tokens(tokens, (*taps, cfg.depth - 1))
+        grid = (image_hw[0] // cfg.patch_size, image_hw[1] // cfg.patch_size)
+        return {"pooled": out[-1][:, 0], "levels": family.token_grids(out[:-1], grid, skip=1)}
 
 
 def vit_forward_flops(cfg: ViTConfig, num_tokens: int, num_patches: int | None = None) -> float:

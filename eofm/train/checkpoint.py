@@ -100,18 +100,34 @@ class Checkpointer:
         return None
 
     def latest_params(self) -> tuple[int, dict[str, Any]]:
-        """The parameters of the newest checkpoint as {"/"-joined path: array}, read without a
-        target structure (for initialising another run from it, e.g. a later training stage)."""
+        """The model variables (trained and frozen) of the newest checkpoint as {"/"-joined path:
+        array}, read without a target structure onto this process's first device, whatever the
+        topology that saved them (to initialise another run from it, e.g. a later training stage,
+        or to load an encoder)."""
         step = self._manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory} to initialise from")
+        # Saved shardings may name devices this process does not have (another topology).
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         saved = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=here))
         )["state"]
-        leaves = jax.tree_util.tree_flatten_with_path(saved["params"])[0]
+        leaves = [
+            leaf
+            for part in ("params", "frozen")
+            for leaf in jax.tree_util.tree_flatten_with_path(saved.get(part, {}))[0]
+        ]
         return step, {
             "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(x) for path, x in leaves
         }
+
+    def latest_meta(self) -> tuple[int, dict[str, Any]]:
+        """(step, metadata) of the newest checkpoint."""
+        step = self._manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return step, meta["meta"]
 
     def _set_aside(self, step: int, error: Exception) -> None:
         """Moves an unreadable checkpoint out of the manager's way; nothing is deleted."""
@@ -144,6 +160,11 @@ class _IteratorSnapshot:
 
 def check_same_model(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
     """Raises CheckpointMismatchError naming what differs between two runs' metadata."""
+    if saved.get("format", 1) != current.get("format", 1):
+        raise CheckpointMismatchError(
+            f"checkpoint {where} has layout version {saved.get('format', 1)}, this eofm writes"
+            f" version {current.get('format', 1)}: use another --workdir"
+        )
     for key in ("model", "variant"):
         if saved.get(key) != current.get(key):
             raise CheckpointMismatchError(

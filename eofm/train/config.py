@@ -1,73 +1,65 @@
-"""Config pieces shared by every pretraining config (`configs/pretrain/*.py`)."""
+"""Config pieces shared by the pretraining configs (`configs/pretrain/*.py`) and the training
+block of the finetuning configs."""
 
 from __future__ import annotations
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from eofm import parallel
+
 
 def training(
     c: ml_collections.ConfigDict,
     *,
-    base_lr: float,
-    batch_size: int = 32,
-    total_steps: int = 300,
-    warmup_steps: int = 20,
+    lr: float,
+    batch_size: int,
+    total_steps: int,
+    warmup_steps: int,
     b2: float = 0.95,
+    log_every: int = 10,
+    checkpoint_every: int = 100,
 ) -> None:
-    """Adds optimisation, mesh, checkpointing and logging fields to `c`.
+    """Adds the fields of `eofm.train.loop.train` to `c` (all but `seed`): optimisation, mesh,
+    checkpointing and logging.
 
-    lr = base_lr * batch_size / 256 (the MAE scaling rule), x4 because the default runs are short.
-    The mesh is a preset (dp, fsdp, fsdp_tp) with optional explicit axis sizes (-1 = the rest).
+    The mesh is a preset (dp, fsdp, fsdp_tp) with optional explicit axis sizes (-1 = the rest) and
+    the logical-axis sharding rules (`eofm.parallel.DEFAULT_RULES`).
     `peak_flops` 0 measures a large float32 matmul at start for MFU.
     """
-    c.seed = 0
     c.batch_size = batch_size
     c.total_steps = total_steps
     c.warmup_steps = warmup_steps
-    c.lr = base_lr * batch_size / 256 * 4
+    c.lr = lr
     c.weight_decay = 0.05
     c.b1, c.b2 = 0.9, b2
     c.grad_clip_norm = 0.0
     c.grad_accum_steps = 1
     c.peak_flops = 0.0
-    c.init_from = ""  # workdir of another run whose newest parameters start this one
     c.mesh = ml_collections.ConfigDict(
-        dict(preset="dp", data=placeholder(int), fsdp=placeholder(int), tensor=placeholder(int))
-    )
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, keep_period=0))
-    c.log_every = 10
-
-
-# name: (embed_dim, depth, heads, decoder_dim, decoder_depth, decoder_heads, image_size)
-MAE_VIT_VARIANTS = {
-    "tiny": (192, 6, 3, 128, 2, 4, 96),
-    "base": (768, 12, 12, 512, 8, 16, 224),
-    "large": (1024, 24, 16, 512, 8, 16, 224),
-}
-
-
-def mae_vit(variant: str) -> tuple[ml_collections.ConfigDict, int]:
-    """Model fields of a ViT masked autoencoder (MAE, SMARTIES): patch 16, mask 75 %, norm-pix
-    loss; `tiny` for CPU, `base` / `large` as the MAE paper. Returns (model, image size)."""
-    if variant not in MAE_VIT_VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(MAE_VIT_VARIANTS)}")
-    dim, depth, heads, dec_dim, dec_depth, dec_heads, size = MAE_VIT_VARIANTS[variant]
-    model = ml_collections.ConfigDict(
         dict(
-            patch_size=16,
-            embed_dim=dim,
-            depth=depth,
-            num_heads=heads,
-            decoder_dim=dec_dim,
-            decoder_depth=dec_depth,
-            decoder_heads=dec_heads,
-            mask_ratio=0.75,
-            norm_pix_loss=True,
-            dtype="float32",
+            preset="dp",
+            data=placeholder(int),
+            fsdp=placeholder(int),
+            tensor=placeholder(int),
+            rules=parallel.default_rules_config(),  # (logical axis, mesh axes) pairs
         )
     )
-    return model, size
+    c.checkpoint = ml_collections.ConfigDict(
+        dict(every_steps=checkpoint_every, keep=3, keep_period=0)
+    )
+    c.log_every = log_every
+
+
+def pretraining(c: ml_collections.ConfigDict, *, base_lr: float, batch_size: int = 32) -> None:
+    """`training` fields of a pretraining run: 300 steps (20 warmup), lr = base_lr * batch_size /
+    256 (the MAE scaling rule) x4 because the default runs are short, seed 0, and `init_from`: the
+    workdir of another run whose newest weights start this one (shapes adapted by the family's
+    `adapt_param`)."""
+    c.seed = 0
+    lr = base_lr * batch_size / 256 * 4
+    training(c, lr=lr, batch_size=batch_size, total_steps=300, warmup_steps=20)
+    c.init_from = ""
 
 
 def data(

@@ -1,16 +1,22 @@
 """The training loop shared by pretraining and finetuning.
 
-    state <- restore newest readable checkpoint in WORKDIR, else initialise (already sharded)
+    mesh, abstract state  <- config (sizes, sharding rules) and the workload's model, unallocated
+    state                 <- newest readable checkpoint in WORKDIR, else initialised already sharded
+                             (and warm-started from another run's weights when the workload says so)
     for step in [start, total):
         batch  <- grain iterator (this process's slice) -> global jax.Arrays on the mesh
         state  <- jitted step(state, batch, fold_in(seed, step))
-        stop with a named error if the loss is NaN/Inf
+        check the previous step's loss (one step behind: the host never waits for this step)
         log metrics.jsonl / TensorBoard / progress line; save checkpoints (async)
         on SIGTERM: save now, wait for the write, return
 
 A run is a pure function of (config, seed): the step rng is derived from the step number and the
 data order from the grain iterator state, both restored from the checkpoint, so a resumed run logs
 exactly the losses of an uninterrupted one.
+
+The config gives: seed, batch_size, total_steps, warmup_steps, lr, weight_decay, b1, b2,
+grad_clip_norm, grad_accum_steps, peak_flops, log_every, mesh (preset, axis sizes, rules) and
+checkpoint (every_steps, keep, keep_period); `data.num_workers` when present.
 """
 
 from __future__ import annotations
@@ -36,25 +42,48 @@ from eofm.train import checkpoint, optim
 from eofm.train import metrics as metrics_lib
 from eofm.train import step as step_lib
 
+# Version of the checkpoint layout: TrainState with `frozen`, and the metadata of `Workload.meta`.
+CHECKPOINT_FORMAT = 2
+
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the message names the step and the offending tensors."""
 
 
 @dataclasses.dataclass
-class Task:
-    """What the loop needs to know about a model and its data.
+class WarmStart:
+    """Initial values for some of a model's variables, e.g. another run's newest weights.
 
     Attributes:
-      name, variant: identify the model in checkpoints ("mae", "tiny").
+      source: where the values come from (for messages).
+      values: {"/"-joined model state path: array}; every path must exist in the model.
+      covers: every model path that starts with this prefix must be given ("" = all of them).
+    """
+
+    source: str
+    values: dict[str, np.ndarray]
+    covers: str = ""
+
+
+@dataclasses.dataclass
+class Workload:
+    """What the loop trains: a model, its loss, its data and what its checkpoints must carry.
+
+    Attributes:
+      name, variant: identify the model in checkpoints (`config.model_name`, "tiny").
       make_model: rngs -> nnx.Module.
       loss_fn: (model, batch, rng) -> (loss, metrics) on a batch of `input_keys`.
       make_dataset: (process_index, process_count) -> batched grain MapDataset.
       input_keys: batch keys passed to the device (others, e.g. string ids, stay on the host).
       flops_per_example: model FLOPs of one example's forward + backward (for MFU); 0 if unknown.
-      optimizer_kwargs: extra arguments of `optim.make_optimizer` (frozen, lr_scales, ...).
-      adapt_param: (path, saved array, wanted shape) -> array, for `init_from` checkpoints whose
-        parameter shapes differ (e.g. position tables of another image size).
+      trainable: parameter path -> whether it is trained (None: every nnx.Param); the rest of the
+        model is passed to the step as a frozen input.
+      lr_scale: parameter path -> lr multiplier (e.g. layer-wise decay); None: 1 everywhere.
+      warm_start: () -> WarmStart, applied to a fresh state (not on resume).
+      adapt_param: (path, saved array, wanted shape) -> array, for warm-start values of another
+        shape (e.g. position tables of another image size).
+      meta: JSON metadata the checkpoints carry for their consumers (input specs, normalisation,
+        native image size, ...).
     """
 
     name: str
@@ -64,8 +93,37 @@ class Task:
     make_dataset: Callable[[int, int], grain.MapDataset]
     input_keys: tuple[str, ...]
     flops_per_example: float = 0.0
-    optimizer_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    trainable: Callable[[str], bool] | None = None
+    lr_scale: Callable[[str], float] | None = None
+    warm_start: Callable[[], WarmStart] | None = None
     adapt_param: Callable[[str, np.ndarray, tuple[int, ...]], np.ndarray] | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Result:
+    """What `train` returns: the trained model, its step, and the last logged metrics."""
+
+    model: nnx.Module
+    step: int
+    metrics: dict[str, Any]
+
+
+@dataclasses.dataclass
+class Setup:
+    """The static pieces of a run: model graph, optimizer, abstract sharded state, metadata."""
+
+    mesh: jax.sharding.Mesh
+    graphdef: nnx.GraphDef
+    tx: Any
+    schedule: Any
+    init: Callable[[], step_lib.TrainState]
+    abstract_state: step_lib.TrainState  # ShapeDtypeStructs carrying their target shardings
+    state_shardings: Any
+    meta: dict[str, Any]
+
+    def model(self, state: step_lib.TrainState) -> nnx.Module:
+        return nnx.merge(self.graphdef, state.params, state.frozen)
 
 
 class _Preemption:
@@ -84,6 +142,9 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
+# ---- set-up ------------------------------------------------------------------------------------
+
+
 def check_workdir(workdir: Path) -> None:
     """Creates `workdir` and proves it writable, with an error naming it otherwise."""
     try:
@@ -95,26 +156,6 @@ def check_workdir(workdir: Path) -> None:
         raise PermissionError(f"workdir {workdir} is not writable: {e.strerror or e}") from e
 
 
-def _named_nonfinite(tree: Any) -> list[str]:
-    flags = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return [optim.param_path(p) for p, ok in flags if not bool(ok)]
-
-
-@dataclasses.dataclass
-class Setup:
-    """The static pieces of a run: model graph, optimizer, abstract sharded state, metadata."""
-
-    mesh: jax.sharding.Mesh
-    graphdef: nnx.GraphDef
-    tx: Any
-    schedule: Any
-    init: Callable[[], tuple[step_lib.TrainState, nnx.State]]  # -> (state, non-param variables)
-    abstract_state: step_lib.TrainState  # ShapeDtypeStructs carrying their target shardings
-    state_shardings: Any
-    rest_shardings: Any
-    meta: dict[str, Any]
-
-
 def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     return parallel.make_mesh(
         config.mesh.preset,
@@ -122,11 +163,26 @@ def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     )
 
 
-def setup(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh) -> Setup:
+def sharding_rules(config: ml_collections.ConfigDict):
+    """`config.mesh.rules` (empty: the default table of `eofm.parallel`)."""
+    return parallel.rules_from_config(config.mesh.get("rules") or ())
+
+
+def _trained_filter(trainable: Callable[[str], bool] | None):
+    if trainable is None:
+        return nnx.Param
+    return nnx.All(nnx.Param, lambda path, _: trainable(optim.param_path(path)))
+
+
+def setup(config: ml_collections.ConfigDict, workload: Workload, mesh: jax.sharding.Mesh) -> Setup:
     """Abstract model and optimizer state with their shardings, without allocating anything."""
+    trained = _trained_filter(workload.trainable)
     with nnx.use_eager_sharding(False):
-        abstract_model = nnx.eval_shape(lambda: task.make_model(nnx.Rngs(config.seed)))
-    graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
+        abstract_model = nnx.eval_shape(lambda: workload.make_model(nnx.Rngs(config.seed)))
+    graphdef, abstract_params, abstract_frozen = nnx.split(abstract_model, trained, ...)
+    scales = None
+    if workload.lr_scale is not None:
+        scales = optim.map_paths(lambda path, _: workload.lr_scale(path), abstract_params)
     tx, schedule = optim.make_optimizer(
         abstract_params,
         lr=config.lr,
@@ -136,17 +192,17 @@ def setup(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh
         b1=config.b1,
         b2=config.b2,
         grad_clip_norm=config.get("grad_clip_norm"),
-        **task.optimizer_kwargs,
+        lr_scales=scales,
     )
 
-    def init():
+    def init() -> step_lib.TrainState:
         with nnx.use_eager_sharding(False):
-            model = task.make_model(nnx.Rngs(config.seed))
-        _, params, rest = nnx.split(model, nnx.Param, ...)
-        return step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), rest
+            model = workload.make_model(nnx.Rngs(config.seed))
+        _, params, frozen = nnx.split(model, trained, ...)
+        return step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), frozen)
 
-    abstract_state, abstract_rest = jax.eval_shape(init)
-    state_shardings = parallel.shardings_for(abstract_state, mesh)
+    abstract_state = jax.eval_shape(init)
+    state_shardings = parallel.shardings_for(abstract_state, mesh, sharding_rules(config))
     abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         abstract_state,
@@ -154,82 +210,117 @@ def setup(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh
     )
     param_shapes = {
         optim.param_path(p): list(x.shape)
-        for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+        for tree in (abstract_params, abstract_frozen)
+        for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
     }
     meta = {
-        "model": task.name,
-        "variant": task.variant,
+        "format": CHECKPOINT_FORMAT,
+        "model": workload.name,
+        "variant": workload.variant,
         "param_shapes": param_shapes,
         "config": config.to_dict(),
+        **workload.meta,
     }
-    return Setup(
-        mesh,
-        graphdef,
-        tx,
-        schedule,
-        init,
-        abstract_state,
-        state_shardings,
-        parallel.shardings_for(abstract_rest, mesh),
-        meta,
+    return Setup(mesh, graphdef, tx, schedule, init, abstract_state, state_shardings, meta)
+
+
+def compile_step(config: ml_collections.ConfigDict, workload: Workload, plan: Setup):
+    """The jitted train step(state, batch, rng) -> (state, metrics) on the run's mesh."""
+    mesh = plan.mesh
+    batch_sharding = parallel.batch_sharding(mesh)
+    step = step_lib.make_train_step(
+        plan.graphdef,
+        plan.tx,
+        plan.schedule,
+        workload.loss_fn,
+        config.get("grad_accum_steps", 1),
+        constrain_batch=lambda batch: parallel.constrain_batch(batch, mesh),
+    )
+    return jax.jit(
+        step,
+        in_shardings=(plan.state_shardings, batch_sharding, parallel.replicated(mesh)),
+        out_shardings=(plan.state_shardings, parallel.replicated(mesh)),
+        # Donating the state halves its memory on accelerators, where orbax copies arrays to host
+        # before `save` returns. On CPU that copy aliases the device buffers, and a donated buffer
+        # would be overwritten by the next step while the async save still reads it.
+        donate_argnums=() if jax.default_backend() == "cpu" else 0,
     )
 
 
-def params_from_run(source_workdir: str | Path, run: Setup, task: Task) -> nnx.State:
-    """This run's parameters taken from the newest checkpoint of another run (fresh optimizer).
+def warm_started(state: step_lib.TrainState, plan: Setup, workload: Workload):
+    """`state` with the workload's warm-start values in place and a fresh optimizer state.
 
-    Parameters with the same path and shape are copied; a different shape goes through
-    `task.adapt_param`; anything else is an error listing every parameter concerned.
+    A value of another shape goes through `workload.adapt_param`; unknown paths, uncovered ones
+    and shapes that cannot be adapted are one error listing every parameter concerned.
     """
-    ckpt = checkpoint.Checkpointer(Path(source_workdir) / "checkpoints")
-    try:
-        step, saved = ckpt.latest_params()
-    finally:
-        ckpt.close()
+    start = workload.warm_start()
     problems = []
+    given = dict(start.values)
 
-    def take(path: str, abstract: jax.ShapeDtypeStruct):
-        value = saved.get(path)
+    def take(path: str, current: jax.Array):
+        value = given.pop(path, None)
         if value is None:
-            problems.append(f"{path}: not in the checkpoint")
-            return None
-        if value.shape != abstract.shape:
-            if task.adapt_param is None:
-                problems.append(f"{path}: shape {value.shape}, this model needs {abstract.shape}")
-                return None
-            value = task.adapt_param(path, value, abstract.shape)
-        return jax.device_put(np.asarray(value, abstract.dtype), abstract.sharding)
+            if path.startswith(start.covers):
+                problems.append(f"{path}: not in {start.source}")
+            return current
+        if value.shape != current.shape:
+            if workload.adapt_param is None:
+                problems.append(f"{path}: shape {value.shape}, this model needs {current.shape}")
+                return current
+            value = workload.adapt_param(path, value, current.shape)
+        return jax.device_put(np.asarray(value, current.dtype), current.sharding)
 
-    params = optim.map_paths(take, run.abstract_state.params)
+    params = optim.map_paths(take, state.params)
+    frozen = optim.map_paths(take, state.frozen)
+    problems += [f"{path}: not in this model" for path in sorted(given)]
     if problems:
         raise checkpoint.CheckpointMismatchError(
-            f"cannot initialise from {source_workdir} (step {step}): " + "; ".join(problems[:20])
+            f"cannot initialise from {start.source}: " + "; ".join(problems[:20])
         )
-    logging.info("initialised from %s at step %d", source_workdir, step)
-    return params
+    logging.info("initialised from %s", start.source)
+    opt_state = jax.jit(plan.tx.init, out_shardings=plan.state_shardings.opt_state)(params)
+    return step_lib.TrainState(state.step, params, opt_state, frozen)
 
 
 def restore_model(
-    config: ml_collections.ConfigDict, workdir: str | Path, task: Task
+    config: ml_collections.ConfigDict, workdir: str | Path, workload: Workload
 ) -> tuple[int, nnx.Module]:
     """The model of the newest readable checkpoint in `workdir` -> (step, model)."""
-    run = setup(config, task, make_mesh(config))
+    plan = setup(config, workload, make_mesh(config))
     ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints")
     try:
-        restored = ckpt.restore_latest(run.abstract_state, None, run.meta)
+        restored = ckpt.restore_latest(plan.abstract_state, None, plan.meta)
     finally:
         ckpt.close()
     if restored is None:
         raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
     step, state = restored
-    rest = jax.jit(lambda: run.init()[1], out_shardings=run.rest_shardings)()
-    return step, nnx.merge(run.graphdef, state.params, rest)
+    return step, plan.model(state)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) -> dict[str, Any]:
-    """Runs (or resumes) training to `config.total_steps`; returns the last logged metrics."""
+def _check_finite(step: int, metrics: dict[str, Any]) -> None:
+    """Raises NonFiniteLossError naming `step` and the parameters with non-finite gradients."""
+    loss = float(metrics["loss"])
+    if np.isfinite(loss):
+        return
+    flags = jax.tree_util.tree_flatten_with_path(jax.device_get(metrics["grads_finite"]))[0]
+    bad = [optim.param_path(p) for p, ok in flags if not bool(ok)]
+    raise NonFiniteLossError(
+        f"loss is {loss} at step {step}; non-finite gradients in"
+        f" {bad[:10] or 'no parameter (the loss itself overflowed)'}"
+        f"{' and more' if len(bad) > 10 else ''}"
+    )
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path, workload: Workload) -> Result:
+    """Runs (or resumes) training to `config.total_steps`; a finished run returns at once."""
     workdir = Path(workdir)
     check_workdir(workdir)
+
+    # Mesh and abstract state.
     mesh = make_mesh(config)
     logging.info(
         "mesh %s on %d devices (%d processes)",
@@ -237,62 +328,49 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
         jax.device_count(),
         jax.process_count(),
     )
-    run = setup(config, task, mesh)
-    graphdef, tx, schedule, init = run.graphdef, run.tx, run.schedule, run.init
-    state_shardings, rest_shardings = run.state_shardings, run.rest_shardings
-    abstract_state, meta = run.abstract_state, run.meta
+    plan = setup(config, workload, mesh)
 
     # Data: this process's slice, batches of global_batch / process_count.
     if config.batch_size % jax.process_count():
         raise ValueError(
             f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes"
         )
-    dataset = task.make_dataset(jax.process_index(), jax.process_count())
-    iterator = pipeline.make_iterator(dataset, num_workers=config.data.get("num_workers", 0))
+    dataset = workload.make_dataset(jax.process_index(), jax.process_count())
+    num_workers = config.data.get("num_workers", 0) if "data" in config else 0
+    iterator = pipeline.make_iterator(dataset, num_workers=num_workers)
 
+    # State: resumed, or initialised (and warm-started).
     ckpt = checkpoint.Checkpointer(
         workdir / "checkpoints",
         keep=config.checkpoint.keep,
         keep_period=config.checkpoint.get("keep_period") or None,
     )
     writer = metrics_lib.MetricsWriter(workdir)
-    restored = ckpt.restore_latest(abstract_state, iterator, meta)
-    rest = jax.jit(lambda: init()[1], out_shardings=rest_shardings)()
+    restored = ckpt.restore_latest(plan.abstract_state, iterator, plan.meta)
     if restored is None:
         start_step = 0
-        state = jax.jit(lambda: init()[0], out_shardings=state_shardings)()
-        if config.get("init_from"):
-            params = params_from_run(config.init_from, run, task)
-            state = step_lib.TrainState(
-                state.step,
-                params,
-                jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params),
-            )
+        state = jax.jit(plan.init, out_shardings=plan.state_shardings)()
+        if workload.warm_start is not None:
+            state = warm_started(state, plan, workload)
     else:
         start_step, state = restored
         writer.truncate_after(start_step)
         logging.info("resumed from %s at step %d", ckpt.directory, start_step)
 
-    train_step = jax.jit(
-        step_lib.make_train_step(
-            graphdef, rest, tx, schedule, task.loss_fn, config.get("grad_accum_steps", 1)
-        ),
-        in_shardings=(state_shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
-        out_shardings=(state_shardings, parallel.replicated(mesh)),
-        # Donating the state halves its memory on accelerators, where orbax copies arrays to host
-        # before `save` returns. On CPU that copy aliases the device buffers, and a donated buffer
-        # would be overwritten by the next step while the async save still reads it.
-        donate_argnums=() if jax.default_backend() == "cpu" else 0,
-    )
-
-    peak = config.get("peak_flops") or metrics_lib.measure_peak_flops()
-    flops_per_step = task.flops_per_example * config.batch_size
+    # Step.
+    train_step = compile_step(config, workload, plan)
+    flops_per_step = workload.flops_per_example * config.batch_size
+    peak = (config.get("peak_flops") or metrics_lib.measure_peak_flops()) if flops_per_step else 0
     base_key = jax.random.key(config.seed)
     batch_sharding = parallel.batch_sharding(mesh)
+
+    # Loop.
     preemption = _Preemption()
     last: dict[str, Any] = {}
+    pending = None  # (step, metrics) whose loss is checked once the next step is dispatched
     window_start, window_steps = time.perf_counter(), 0
     run_start, run_steps = time.perf_counter(), 0
+    done = start_step
     try:
         # Model code that needs the mesh (shard_map collectives, e.g. CROMA's gathered
         # negatives) finds it in this context.
@@ -301,29 +379,26 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
                 host_batch = next(iterator)
                 batch = {
                     k: jax.make_array_from_process_local_data(batch_sharding, host_batch[k])
-                    for k in task.input_keys
+                    for k in workload.input_keys
                 }
                 state, step_metrics = train_step(state, batch, jax.random.fold_in(base_key, step))
-                loss = float(step_metrics["loss"])
-                if not np.isfinite(loss):
-                    bad = _named_nonfinite(step_metrics["grads_finite"])
-                    raise NonFiniteLossError(
-                        f"loss is {loss} at step {step + 1}; non-finite gradients in"
-                        f" {bad[:10] or 'no parameter (the loss itself overflowed)'}"
-                        f"{' and more' if len(bad) > 10 else ''}"
-                    )
+                done = step + 1
+                if pending is not None:
+                    _check_finite(*pending)
+                pending = (done, step_metrics)
                 window_steps += 1
                 run_steps += 1
-                done = step + 1
+
+                # Metrics.
                 if done % config.log_every == 0 or done == config.total_steps:
+                    _check_finite(done, step_metrics)
                     elapsed = time.perf_counter() - window_start
                     scalars = {
                         k: v for k, v in jax.device_get(step_metrics).items() if k != "grads_finite"
                     }
-                    images_per_sec = window_steps * config.batch_size / elapsed
                     last = {
                         **scalars,
-                        "images_per_sec": images_per_sec,
+                        "images_per_sec": window_steps * config.batch_size / elapsed,
                         "step_time_s": elapsed / window_steps,
                     }
                     if flops_per_step:
@@ -331,24 +406,29 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
                     writer.write(done, last)
                     rate = (time.perf_counter() - run_start) / run_steps
                     if jax.process_index() == 0:
+                        eta = rate * (config.total_steps - done)
                         print(
-                            metrics_lib.progress_line(
-                                done, config.total_steps, last, rate * (config.total_steps - done)
-                            ),
+                            metrics_lib.progress_line(done, config.total_steps, last, eta),
                             flush=True,
                         )
                     window_start, window_steps = time.perf_counter(), 0
+
+                # Checkpoints and preemption; a non-finite state is never saved.
                 saved = False
                 if done % config.checkpoint.every_steps == 0 or done == config.total_steps:
-                    saved = ckpt.save(done, state, iterator, meta)
+                    _check_finite(done, step_metrics)
+                    saved = ckpt.save(done, state, iterator, plan.meta)
                 if preemption.requested:
                     if not saved:
-                        ckpt.save(done, state, iterator, meta, force=True)
+                        _check_finite(done, step_metrics)
+                        ckpt.save(done, state, iterator, plan.meta, force=True)
                     ckpt.wait()
                     logging.warning("stopped after step %d on SIGTERM; checkpoint saved", done)
                     break
+            if pending is not None:
+                _check_finite(*pending)
     finally:
         preemption.restore()
         ckpt.close()
         writer.close()
-    return last
+    return Result(plan.model(state), done, last)

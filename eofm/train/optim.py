@@ -1,4 +1,4 @@
-"""AdamW with linear warmup + cosine decay, weight-decay masks, layer-wise lr decay, frozen groups.
+"""AdamW with linear warmup + cosine decay, weight-decay masks and per-parameter lr scales (LLRD).
 
 Parameters are addressed by their path in the model state joined with "/", e.g.
 "encoder/blocks/3/attn/qkv/kernel". Schedules step once per optimizer update (not per microbatch).
@@ -7,7 +7,7 @@ Parameters are addressed by their path in the model state joined with "/", e.g.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -54,29 +54,6 @@ def decay_mask(params: Any) -> Any:
     )
 
 
-def layer_scales(params: Any, num_layers: int, decay: float, layer_of: Callable[[str], int]) -> Any:
-    """Per-parameter lr multipliers decay ** (num_layers - layer_of(path)) (BEiT-style LLRD)."""
-    return map_paths(lambda path, _: decay ** (num_layers - layer_of(path)), params)
-
-
-def vit_layer_of(
-    num_blocks: int, embeddings: str = r"patch_embed|cls_token|pos_embed"
-) -> Callable[[str], int]:
-    """Layer id for LLRD on a ViT: embeddings (paths matching the `embeddings` regex) 0, block i
-    -> i + 1, everything after (final norm, pooling, heads) -> L + 1."""
-    block = re.compile(r"(?:^|/)blocks/(\d+)/")
-    embedding = re.compile(embeddings)
-
-    def layer_of(path: str) -> int:
-        if m := block.search(path):
-            return int(m.group(1)) + 1
-        if embedding.search(path):
-            return 0
-        return num_blocks + 1
-
-    return layer_of
-
-
 def make_optimizer(
     params: Any,
     *,
@@ -87,14 +64,13 @@ def make_optimizer(
     b1: float = 0.9,
     b2: float = 0.95,
     grad_clip_norm: float | None = None,
-    frozen: Sequence[str] = (),
     lr_scales: Any = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW + schedule; `frozen` regexes match parameter paths that receive no update at all.
+    """AdamW + schedule.
 
     Args:
       params: the (abstract) parameter tree, used for masks.
-      lr_scales: optional tree of per-parameter lr multipliers (e.g. from `layer_scales`).
+      lr_scales: optional tree of per-parameter lr multipliers (e.g. layer-wise lr decay).
     Returns:
       (transformation, schedule); the schedule gives the lr logged per step.
     """
@@ -107,27 +83,14 @@ def make_optimizer(
     if lr_scales is not None:
         parts.append(_scale_by_tree(lr_scales))
     parts.append(optax.scale_by_learning_rate(schedule))
-    tx = optax.chain(*parts)
-    if frozen:
-        patterns = [re.compile(p) for p in frozen]
-        labels = map_paths(
-            lambda path, _: "frozen" if any(p.search(path) for p in patterns) else "train", params
-        )
-        if "frozen" not in jax.tree.leaves(labels):
-            raise ValueError(f"frozen patterns {list(frozen)} match no parameter")
-        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-    return tx, schedule
+    return optax.chain(*parts), schedule
 
 
 def _scale_by_tree(scales: Any) -> optax.GradientTransformation:
-    """Multiplies each update by its scale; frozen leaves (masked out by `frozen`) pass."""
-    masked = lambda x: isinstance(x, optax.MaskedNode)
+    """Multiplies each update by its scale (a tree of the parameters' structure)."""
 
     def update(updates, state, params=None):
         del params
-        scaled = jax.tree.map(
-            lambda u, s: u if masked(u) else u * s, updates, scales, is_leaf=masked
-        )
-        return scaled, state
+        return jax.tree.map(lambda u, s: u * s, updates, scales), state
 
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update)

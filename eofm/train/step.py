@@ -17,38 +17,42 @@ LossFn = Callable[[nnx.Module, dict[str, jax.Array], jax.Array], tuple[jax.Array
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything that changes during training; the model graph itself is static."""
+    """Everything a checkpoint holds of the model and its optimizer; the graph itself is static."""
 
     step: jax.Array  # int32 scalar: optimizer updates done
-    params: nnx.State  # trainable parameters (nnx.Param)
-    opt_state: Any  # optax state
+    params: nnx.State  # trained parameters
+    opt_state: Any  # optax state of `params`
+    frozen: nnx.State  # the rest of the model: frozen parameters, non-parameter variables
 
 
 def make_train_step(
     graphdef: nnx.GraphDef,
-    rest: nnx.State,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     loss_fn: LossFn,
     accum_steps: int = 1,
+    constrain_batch: Callable[[dict[str, jax.Array]], dict[str, jax.Array]] = lambda b: b,
 ):
     """Returns step(state, batch, rng) -> (state, metrics).
 
-    `rest` holds the model's non-trainable variables (constant tables). With `accum_steps` > 1 the
+    Gradients flow to `state.params` only; `state.frozen` (frozen parameters, e.g. a frozen
+    encoder under a trained head, and non-parameter variables) is an input of the step, neither
+    differentiated nor baked into the compiled program. `constrain_batch` pins the batch's
+    sharding inside the step. With `accum_steps` > 1 the
     batch is split into that many microbatches along its leading axis and their gradients averaged,
     which equals one step on the whole batch for losses that are means over examples.
     Metrics: loss, lr, grad_norm, param_norm, the loss function's own metrics, and `grads_finite`,
     a per-parameter flag used to name the culprits when the loss stops being finite.
     """
 
-    def loss_and_metrics(params, batch, rng):
-        model = nnx.merge(graphdef, params, rest)
-        loss, metrics = loss_fn(model, batch, rng)
-        return loss, metrics
+    def loss_and_metrics(params, frozen, batch, rng):
+        return loss_fn(nnx.merge(graphdef, params, frozen), batch, rng)
 
-    grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
+    value_and_grad = jax.value_and_grad(loss_and_metrics, has_aux=True)
 
     def step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+        grad_fn = lambda params, batch, rng: value_and_grad(params, state.frozen, batch, rng)
+        batch = constrain_batch(batch)
         if accum_steps == 1:
             (loss, metrics), grads = grad_fn(state.params, batch, rng)
         else:
@@ -78,6 +82,6 @@ def make_train_step(
             "param_norm": optax.tree.norm(params),
             "grads_finite": jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads),
         }
-        return TrainState(state.step + 1, params, opt_state), metrics
+        return TrainState(state.step + 1, params, opt_state, state.frozen), metrics
 
     return step

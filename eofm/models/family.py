@@ -1,0 +1,177 @@
+"""The model-family protocol: what `eofm/models/<name>.py` provides, and how generic code finds it.
+
+A family is one module (or package) `eofm.models.<name>`, imported by `config.model_name` (a dotted
+name imports a module kept elsewhere). It provides, in one place:
+
+  Config          frozen dataclass of hyper-parameters; `config.model` holds its fields
+  VARIANTS        {variant: {field: value}}: `tiny` for CPU seconds, then the paper's sizes
+  DATA_FIELDS     Config fields that the data set (e.g. input channels), absent from config.model
+  from_data(inputs, image_size) -> {field: value}
+                  the input contract: checks the sensors and bands (a named error otherwise) and
+                  returns the DATA_FIELDS values
+  Model           nnx.Module built as Model(cfg, inputs, *, rngs), with
+    loss(batch, rng) -> (loss f32[], {name: f32[]})
+                  the pretraining objective on a batch {input key: f32[B, S, S, C]} (normalised)
+    flops_per_example(image_size) -> float
+                  forward + backward matmul FLOPs of one training example (for MFU)
+    features(images, spec, taps=None) -> {"pooled": [B, D], "levels": [[B, h_i, w_i, D_i], ...]}
+                  the encoder interface of every downstream task, for images f32[B, S, S, C] of
+                  any `SensorSpec` it can read; levels may differ in stride (S / h_i) and width;
+                  `taps` picks blocks of a plain transformer stack (None = the family default)
+    missing_bands(spec) -> tuple of band names
+                  bands the encoder wanted that `spec` lacks (zero-filled); raises ValueError
+                  naming them when the encoder cannot read the data at all
+    ENCODING_PARAMS tuple of path prefixes of the parameters that encoding reads (pooling too)
+    num_layers, layer_of(path) -> int
+                  layer ids for layer-wise lr decay: embeddings 0 ... num_layers for what follows
+                  the last block
+  adapt_param(path, value, shape) -> array   (optional)
+                  a saved parameter of another shape made to fit (e.g. position tables)
+
+Its weight importer lives in `eofm/convert/<name>.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import re
+from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+
+_PROTOCOL = ("Config", "VARIANTS", "DATA_FIELDS", "from_data", "Model")
+
+
+def available() -> list[str]:
+    """Names of the family modules in `eofm.models`."""
+    import eofm.models
+
+    names = []
+    for info in pkgutil.iter_modules(eofm.models.__path__):
+        module = importlib.import_module(f"eofm.models.{info.name}")
+        if all(hasattr(module, attr) for attr in _PROTOCOL):
+            names.append(info.name)
+    return sorted(names)
+
+
+def get(name: str) -> ModuleType:
+    """The family module `eofm.models.<name>`, or the module `name` itself when it is dotted (a
+    family kept outside eofm, e.g. "mylab.models.foo"); an error lists the families when it is not
+    one."""
+    module_name = name if "." in name else f"eofm.models.{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        module = None
+    missing = [attr for attr in _PROTOCOL if not hasattr(module, attr)]
+    if module is None or missing:
+        raise ValueError(f"unknown model_name {name!r}; model families: {available()}")
+    return module
+
+
+def config_fields(family: ModuleType, variant: str) -> ml_collections.ConfigDict:
+    """`config.model` of a variant: every Config field but the DATA_FIELDS (dtypes as names)."""
+    if variant not in family.VARIANTS:
+        raise ValueError(
+            f"unknown variant {variant!r} of {family.__name__}; expected one of"
+            f" {sorted(family.VARIANTS)}"
+        )
+    values = {}
+    for field in dataclasses.fields(family.Config):
+        if field.name in family.DATA_FIELDS or not field.init:
+            continue
+        if field.default is not dataclasses.MISSING:
+            values[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            values[field.name] = field.default_factory()
+    values.update(family.VARIANTS[variant])
+    undefined = [f.name for f in dataclasses.fields(family.Config) if f.name not in values]
+    undefined = [n for n in undefined if n not in family.DATA_FIELDS]
+    if undefined:
+        raise ValueError(f"{family.__name__} variant {variant!r} leaves {undefined} unset")
+    return ml_collections.ConfigDict({k: _to_config(v) for k, v in values.items()})
+
+
+def make_config(family: ModuleType, model: Mapping[str, Any], inputs, image_size: int) -> Any:
+    """The family's Config from `config.model` fields plus what `from_data(inputs, image_size)`
+    sets; a field the Config does not have is an error naming it."""
+    names = {f.name for f in dataclasses.fields(family.Config)}
+    fields = dict(model)
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise ValueError(f"config.model has {unknown}, which {family.__name__}.Config lacks")
+    given_by_data = sorted(set(fields) & set(family.DATA_FIELDS))
+    if given_by_data:
+        raise ValueError(f"config.model sets {given_by_data}, which the data determine")
+    fields = {k: _from_config(k, v) for k, v in fields.items()}
+    return family.Config(**fields, **family.from_data(dict(inputs), image_size))
+
+
+def model_builder(config: ml_collections.ConfigDict, inputs) -> Callable[..., Any]:
+    """rngs -> the model of `config.model_name` with `config.model` fields, for images `inputs`
+    ({key: SensorSpec}) of `config.data.image_size` pixels."""
+    module = get(config.model_name)
+    cfg = make_config(module, config.model, inputs, config.data.image_size)
+    inputs = dict(inputs)
+    return lambda rngs: module.Model(cfg, inputs, rngs=rngs)
+
+
+def _to_config(value: Any) -> Any:
+    if isinstance(value, type) or isinstance(value, jnp.dtype):
+        return jnp.dtype(value).name
+    return value
+
+
+def _from_config(name: str, value: Any) -> Any:
+    if name.endswith("dtype"):
+        return jnp.dtype(value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+# ---- shared pieces of the encoder interface for plain transformer stacks ---------------------
+
+
+def default_taps(depth: int) -> tuple[int, ...]:
+    """Four blocks at 1/3, 1/2, 2/3 and the end of the depth ([3, 5, 7, 11] for 12 blocks, the
+    PANGAEA choice)."""
+    return tuple(max(0, round(depth * f) - 1) for f in (1 / 3, 1 / 2, 2 / 3, 1))
+
+
+def block_layer_of(depth: int, embeddings: str, stack: str = "") -> Callable[[str], int]:
+    """Layer ids of the transformer stack at `<stack>blocks/<i>/`: embeddings (paths matching the
+    `embeddings` regex) 0, block i -> i + 1, everything else (final norm, pooling, other stacks
+    such as a decoder) -> depth + 1."""
+    block = re.compile(rf"^{re.escape(stack)}blocks/(\d+)/")
+    embedding = re.compile(embeddings)
+
+    def layer_of(path: str) -> int:
+        if m := block.search(path):
+            return int(m.group(1)) + 1
+        if embedding.search(path):
+            return 0
+        return depth + 1
+
+    return layer_of
+
+
+def pick_bands(spec, bands: Sequence[str], who: str) -> list[int]:
+    """Channel indices of `bands` in `spec`; an error names the bands the data lack."""
+    absent = [b for b in bands if b not in spec.bands]
+    if absent:
+        raise ValueError(f"{who} needs bands {absent}, which {spec.sensor} data {spec.bands} lacks")
+    return [spec.bands.index(b) for b in bands]
+
+
+def token_grids(tokens: Sequence, grid_hw: tuple[int, int], skip: int = 0) -> list:
+    """Tokens [B, skip + h*w, D] laid out on the patch grid [B, h, w, D] (leading `skip` tokens,
+    e.g. CLS, dropped)."""
+    return [t[:, skip:].reshape(t.shape[0], *grid_hw, t.shape[-1]) for t in tokens]
