@@ -9,7 +9,7 @@ folder for real numbers. `linear`: per-class sigmoid logistic regression, decay 
 on a quarter of the fitting split; `knn`: the weighted label frequency of the 5 neighbours.
 Reports mAP (macro over the classes present, micro) and F1 (micro, macro) at 0.5.
 
-Expected with a random SMARTIES tiny, 2 CPU cores: linear mAP macro 0.77, micro 0.49 (about 20 s);
+Expected with a random SMARTIES tiny, 2 CPU cores: linear mAP macro 0.77, micro 0.49 (about 16 s);
 with 12 fitting examples the probe picks the largest decay, so F1 barely moves between encoders.
 """
 

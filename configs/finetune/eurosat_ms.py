@@ -26,8 +26,8 @@ Reports OA and balanced accuracy (95 % bootstrap interval of the OA) in WORKDIR/
 with a confusion matrix plot.
 
 Expected with a random SMARTIES tiny (`random:configs/pretrain/smarties.py:tiny`), 2 CPU cores:
-knn OA 0.47 (interval 0.36-0.58, 15 s), linear 0.71 (20 s), finetune about 0.70 (about 60 s),
-knn,robustness=all clean 0.47 -> mean corrupted 0.40 (about 60 s). A pretrained encoder should
+knn OA 0.47 (interval 0.36-0.58, 17 s), linear 0.71 (20 s), finetune 0.70 (about 60 s),
+knn,robustness=all clean 0.47 -> mean corrupted 0.40 (about 110 s). A pretrained encoder should
 beat these floors.
 """
 

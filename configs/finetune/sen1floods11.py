@@ -13,7 +13,7 @@ it and use data.train_ids / data.test_ids (or the official split lists) instead 
 Use data.inputs=("s1",) for the radar input.
 
 Expected with a random SMARTIES tiny (`random:configs/pretrain/smarties.py:tiny`), 2 CPU cores:
-upernet miou_macro 0.65, iou_micro 0.90 (65,526 labelled test pixels), about 90 s.
+upernet miou_macro 0.65, iou_micro 0.90 (65,526 labelled test pixels), about 150 s.
 """
 
 import ml_collections
