@@ -124,6 +124,8 @@ def fit(
     )
     workdir = Path(workdir) / "fit"
     result = loop.train(settings, workdir, workload)
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    history = [json.loads(line) for line in lines]
+    logged = workdir / "metrics.jsonl"  # written by process 0
+    history = (
+        [json.loads(line) for line in logged.read_text().splitlines()] if logged.exists() else []
+    )
     return result.model.encoder, result.model.head, history
