@@ -15,9 +15,12 @@ Axes of size 1 shard nothing, so data parallelism, FSDP and FSDP + TP are mesh s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import sys
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -231,35 +234,60 @@ def bytes_per_device(tree: Any) -> dict[jax.Device, int]:
     return total
 
 
+# Environment variables of the launchers whose jobs `jax.distributed` configures by itself.
+CLUSTER_ENV = (
+    "SLURM_JOB_ID",
+    "OMPI_COMM_WORLD_SIZE",
+    "TPU_WORKER_HOSTNAMES",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+)
+# JAX's own deadline for the join comes this much after ours: when it passes, JAX aborts the
+# process from C++ without a message that says what happened.
+_JAX_DEADLINE_MARGIN_S = 30
+
+
 def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    timeout_s: int = 300,
 ) -> None:
     """Starts `jax.distributed` when the run spans several processes.
 
-    With no arguments, JAX auto-detects TPU pods and SLURM / Open MPI jobs; explicit values (for
-    CPU tests or bare clusters) take precedence. CPU collectives use gloo. A single process with
-    nothing to detect is left alone.
+    With no arguments, JAX auto-detects TPU pods and SLURM / Open MPI jobs (`CLUSTER_ENV`), and
+    values given there override what it detects. Elsewhere the three arguments go together (all or
+    none); a partial set is a ValueError naming the missing ones. A single process with nothing to
+    detect is left alone. CPU collectives use gloo.
+
+    Args:
+      timeout_s: how long every process waits for all of them to join. Past it, this process
+        logs which address it waited on and exits with status 1.
     """
-    explicit = coordinator_address is not None
-    detected = any(
-        v in os.environ
-        for v in (
-            "SLURM_JOB_ID",
-            "OMPI_COMM_WORLD_SIZE",
-            "TPU_WORKER_HOSTNAMES",
-            "MEGASCALE_COORDINATOR_ADDRESS",
-        )
-    )
-    if not explicit and not detected:
+    given = {
+        "coordinator_address": coordinator_address,
+        "num_processes": num_processes,
+        "process_id": process_id,
+    }
+    missing = [name for name, value in given.items() if value is None]
+    detected = any(v in os.environ for v in CLUSTER_ENV)
+    if not detected and len(missing) == len(given):
         return
+    if not detected and missing:
+        present = {k: v for k, v in given.items() if v is not None}
+        raise ValueError(
+            f"a multi-process run needs coordinator_address, num_processes and process_id"
+            f" together: {', '.join(missing)} missing (given {present}); give all three, or none"
+            f" for a single process"
+        )
     # Only CPU computations use this; without it XLA refuses multi-process CPU programs.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if explicit:
-        jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    else:
-        jax.distributed.initialize()
+    with _exit_unless_joined(timeout_s, coordinator_address, num_processes, process_id):
+        jax.distributed.initialize(
+            coordinator_address,
+            num_processes,
+            process_id,
+            initialization_timeout=timeout_s + _JAX_DEADLINE_MARGIN_S,
+        )
     logging.info(
         "jax.distributed: process %d of %d, %d local / %d global devices",
         jax.process_index(),
@@ -267,3 +295,38 @@ def initialize_distributed(
         jax.local_device_count(),
         jax.device_count(),
     )
+
+
+@contextlib.contextmanager
+def _exit_unless_joined(
+    timeout_s: int, address: str | None, num_processes: int | None, process_id: int | None
+):
+    """Exits the process with status 1 and a message if the body (the join) outlasts timeout_s.
+
+    The join blocks in C++ with the GIL released, so a timer thread can still report and exit.
+    """
+    who = "this process" if process_id is None else f"process {process_id}"
+    expected = f"all {num_processes}" if num_processes else "all"
+    ids = f"0..{num_processes - 1}" if num_processes else "0..N-1"
+
+    def give_up():
+        logging.error(
+            "jax.distributed: %s waited %d s at coordinator %s, and not %s processes joined. Start"
+            " every process with the same coordinator address and number of processes, each with"
+            " its own process id in %s; or allow more time (--distributed_timeout_s).",
+            who,
+            timeout_s,
+            address or "(auto-detected)",
+            expected,
+            ids,
+        )
+        sys.stderr.flush()
+        os._exit(1)
+
+    timer = threading.Timer(timeout_s, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()

@@ -18,6 +18,11 @@ Units (`UNITS`):
 `nodata` is the fill value of the native product in its own encoding (e.g. DN 0 for Sentinel-2
 and Landsat, -28672 for MOD09); mask it before converting values to another scale.
 
+`VALID_RANGES` gives, per unit, a generous interval of physically possible values
+(`Band.valid_range`). A value outside it is no measurement but a fill value that a file does not
+declare (e.g. -3.4e38 in a float GeoTIFF without a nodata tag) or corrupt data;
+`eofm.data.validity` masks such pixels like nodata.
+
 Sentinel-2 offset: products of processing baseline 04.00 and later (operational since 25 January
 2022, also the reprocessed archive) store DN = 10_000 * reflectance + 1000 (BOA_ADD_OFFSET /
 RADIO_ADD_OFFSET = -1000); older baselines store DN = 10_000 * reflectance. eofm keeps all
@@ -43,6 +48,22 @@ UNITS = frozenset(
     {"reflectance_1e4", "reflectance", "dB", "radiance", "brightness_temperature_K", "dn"}
 )
 MODALITIES = frozenset({"optical", "sar", "thermal"})
+
+# Inclusive (low, high) per unit, wide enough for every real product: reflectance from -0.5
+# (over-corrected dark pixels) to 6.5 (the uint16 saturation value 65_535 of Sentinel-2 DN), SAR
+# sigma0 within +-100 dB (real scenes: about -50 to +30), radiance up to three times the brightest
+# solar spectral radiance, brightness temperatures from far below the coldest cloud top to far above
+# saturated fire pixels, and DN in any 16-bit encoding.
+VALID_RANGES = types.MappingProxyType(
+    {
+        "reflectance_1e4": (-5_000.0, 65_535.0),
+        "reflectance": (-0.5, 6.5535),
+        "dB": (-100.0, 100.0),
+        "radiance": (-100.0, 2_000.0),
+        "brightness_temperature_K": (50.0, 1_000.0),
+        "dn": (-32_768.0, 65_535.0),
+    }
+)
 
 _SPEED_OF_LIGHT_M_S = 299_792_458.0
 
@@ -90,6 +111,11 @@ class Band:
     nodata: float | None = None
     aliases: tuple[str, ...] = ()
     description: str = ""
+
+    @property
+    def valid_range(self) -> tuple[float, float]:
+        """(low, high), inclusive: the physically possible values of this band's unit."""
+        return VALID_RANGES[self.unit]
 
     @property
     def wavelength_range_nm(self) -> tuple[float, float] | None:

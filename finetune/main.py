@@ -9,15 +9,23 @@ multi-label) or segmentation / change_detection (a head on the encoder's feature
 writes DIR/report.json, DIR/report.md and PNG plots, and prints the metrics; trained heads (and
 finetuned encoders) are checkpointed in DIR/fit, and a finished DIR is re-evaluated without
 retraining.
+
+The task, the workdir and the `fit` block of runs that train a head (segmentation, change
+detection, classification with method=finetune) are checked before any compute: a value that
+cannot work is a one-line error naming the key. Logs are quiet by default; --verbosity=0 (or -v 0)
+shows the INFO logs of orbax, grain and jax as well.
 """
 
 import json
-import logging
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from eofm import logs
 from eofm.eval import classification, dense
+from eofm.eval import fit as fit_lib
+from eofm.train import validate, workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
@@ -29,14 +37,37 @@ RUNNERS = {
 }
 
 
+def trains_a_head(config) -> bool:
+    """Whether the run trains in the shared loop with its `fit` block."""
+    return config.task != "classification" or config.method == "finetune"
+
+
+def check(config, workdir: str) -> None:
+    """Checks the task, the workdir and, when the run trains a head, its `fit` block."""
+    if config.task not in RUNNERS:
+        raise validate.ConfigError(
+            f"config key task = {config.task!r}; allowed: {', '.join(sorted(RUNNERS))}"
+        )
+    validate.check_workdir(workdir)
+    if trains_a_head(config):
+        if not 0 <= config.fit.warmup_fraction <= 1:
+            raise validate.ConfigError(
+                f"config key fit.warmup_fraction = {config.fit.warmup_fraction!r}; allowed: 0 to 1"
+            )
+        validate.check_training_config(fit_lib.training_config(config), "fit.")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger().setLevel(logging.INFO)
+    logs.configure_from_flags()
     config = _CONFIG.value
-    if config.task not in RUNNERS:
-        raise app.UsageError(f"unknown task {config.task!r}; expected one of {sorted(RUNNERS)}")
-    result = RUNNERS[config.task](config, _WORKDIR.value)
+    try:
+        check(config, _WORKDIR.value)
+        with workdir_lock.hold(_WORKDIR.value, what="evaluation"):
+            result = RUNNERS[config.task](config, _WORKDIR.value)
+    except (validate.ConfigError, workdir_lock.WorkdirLockedError) as e:
+        sys.exit(f"finetune/main.py: {e}")
     summary = {k: result[k] for k in ("task", "encoder", "metrics")}
     if result.get("robustness"):
         summary["robustness"] = {

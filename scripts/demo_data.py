@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import textwrap
 
@@ -22,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from eofm import logs  # noqa: E402
 from eofm.data import arrayrecord, augment, datasets, normalize, pipeline, stats  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Output directory.")
@@ -63,7 +63,7 @@ def _plot(batch, source, path):
 
 def main(argv):
     del argv
-    logging.getLogger().setLevel(logging.INFO)
+    logs.configure_from_flags()
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
     shards = os.path.join(workdir, "bigearthnet_arrayrecord")
@@ -101,9 +101,11 @@ def main(argv):
     )
     it = pipeline.make_iterator(ds, num_workers=_WORKERS.value)
     batch = next(it)
+    state = it.get_state()
+    it.close()
     for key, value in sorted(batch.items()):
         print(f"batch[{key!r}]: {value.dtype} {value.shape}")
-    print(f"iterator state after one batch: {it.get_state()}")
+    print(f"iterator state after one batch: {state}")
     png = os.path.join(workdir, "batch.png")
     _plot(batch, source, png)
     print(f"wrote {png}")

@@ -10,7 +10,6 @@ pasted back, plus Sentinel-1 VV when the run used S1.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import jax
@@ -22,6 +21,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from eofm import logs  # noqa: E402
 from eofm.data import pipeline  # noqa: E402
 from eofm.train import loop, pretrain  # noqa: E402
 
@@ -44,7 +44,7 @@ def _channels(specs, wanted):
 
 def main(argv):
     del argv
-    logging.getLogger().setLevel(logging.INFO)
+    logs.configure_from_flags()
     config = _CONFIG.value
     workload = pretrain.workload(config, _WORKDIR.value)
     step, model = loop.restore_model(config, _WORKDIR.value, workload)
@@ -59,18 +59,23 @@ def main(argv):
     if rgb is None:
         rgb = [0, 0, 0]
     visible = np.where(mask > 0, np.nan, images)  # masked patches show as blank
-    columns = [("input", images, rgb), ("visible to the encoder", visible, rgb),
-               ("reconstruction", pasted, rgb)]
+    columns = [
+        ("input", images, rgb),
+        ("visible to the encoder", visible, rgb),
+        ("reconstruction", pasted, rgb),
+    ]
     if vv is not None:
         columns += [("S1 VV input", images, vv), ("S1 VV reconstruction", pasted, vv)]
-    fig, axes = plt.subplots(len(images), len(columns), squeeze=False,
-                             figsize=(2.2 * len(columns), 2.2 * len(images)))
+    fig, axes = plt.subplots(
+        len(images), len(columns), squeeze=False, figsize=(2.2 * len(columns), 2.2 * len(images))
+    )
     for i in range(len(images)):
         for ax, (title, x, idx) in zip(axes[i], columns):
             lo, hi = np.percentile(images[i][..., idx], (2, 98))  # one stretch per row
             shown = np.clip((x[i][..., idx] - lo) / (hi - lo + 1e-6), 0, 1)
-            ax.imshow(shown[..., 0] if len(idx) == 1 else shown,
-                      cmap="gray" if len(idx) == 1 else None)
+            ax.imshow(
+                shown[..., 0] if len(idx) == 1 else shown, cmap="gray" if len(idx) == 1 else None
+            )
             ax.set_title(title, fontsize=7)
             ax.axis("off")
     fig.suptitle(f"{config.model_name}:{config.variant} at step {step}", fontsize=9)

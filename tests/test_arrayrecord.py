@@ -106,8 +106,11 @@ def test_interrupted_preparation_leaves_no_partial_files_and_resumes(ben, tmp_pa
     crashing = _Counting(ben, fail_at=15)
     with pytest.raises(RuntimeError, match="simulated crash"):
         arrayrecord.prepare(crashing, tmp_path, examples_per_shard=10)
-    # The first shard is complete under its final name; nothing else, no manifest.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data-00000-of-00003.array_record"]
+    # The first shard is complete under its final name, listed in the journal; no manifest.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "data-00000-of-00003.array_record",
+        "preparing.jsonl",
+    ]
     with pytest.raises(FileNotFoundError, match="did not finish"):
         arrayrecord.ArrayRecordSource(tmp_path)
     # A writer killed mid-shard leaves a temporary file and a truncated shard: both are redone.
@@ -124,10 +127,11 @@ def test_interrupted_preparation_leaves_no_partial_files_and_resumes(ben, tmp_pa
     source = arrayrecord.ArrayRecordSource(tmp_path)
     _assert_same(source[12], ben[12])
 
+    assert not (tmp_path / "preparing.jsonl").exists()
+
     # A damaged shard (truncated on disk) is detected and rewritten on the next run.
     shard = tmp_path / "data-00002-of-00003.array_record"
     shard.write_bytes(shard.read_bytes()[:100])
-    (tmp_path / "manifest.json").unlink()
     again = _Counting(ben)
     arrayrecord.prepare(again, tmp_path, examples_per_shard=10)
     assert again.reads == 4

@@ -184,12 +184,17 @@ def test_config_mismatch_shows_in_shapes(tmp_path):
 
 
 def test_checkpoint_of_another_model():
-    state = {"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)}
+    state = {f"layer{i}.conv.weight": np.zeros((64, 3, 3, 3), np.float32) for i in range(5)}
     with pytest.raises(convert.ConversionError) as info:
         convert.to_eofm(state, smarties(seed=0), source="resnet.pt")
-    assert info.value.unexpected == ["conv1.weight"]
-    assert "cls_token" in info.value.missing
-    assert "resnet.pt" in str(info.value) and "is a SMARTIES key" in str(info.value)
+    assert info.value.unexpected == [f"layer{i}.conv.weight" for i in range(5)]
+    assert "cls_token" in info.value.missing and len(info.value.missing) > 50
+    message = str(info.value)
+    assert "resnet.pt" in message and "is a SMARTIES key" in message
+    # What was found (a few keys) and what was expected (the layouts read), in a short message.
+    assert "(layer0.conv.weight, layer1.conv.weight, layer2.conv.weight, ...)" in message
+    assert "expected: a SMARTIES state dict" in message and "head" in message
+    assert len(message.splitlines()) < 50 and "... and " in message
 
 
 def test_encoder_only_file_loads(tmp_path, caplog):
@@ -198,7 +203,9 @@ def test_encoder_only_file_loads(tmp_path, caplog):
     torch_state.save_safetensors(path, without_decoder(convert.from_eofm(model_a)))
     with caplog.at_level(logging.WARNING):
         model_b = convert.load_smarties(path, tiny_cfg(), rngs=nnx.Rngs(1))
-    assert "missing (decoder, not in the file)" in caplog.text
+    assert "no values for decoder, head_bias, head_kernel" in caplog.text
+    report = convert.to_eofm(without_decoder(convert.from_eofm(model_a)), smarties(seed=1))
+    assert report.unused == () and report.kept == ("decoder", "head_bias", "head_kernel")
     trained, init = params(model_a), params(smarties(seed=1))
     for key, value in params(model_b).items():
         np.testing.assert_array_equal(value, (trained if key[0] == "encoder" else init)[key])
@@ -207,6 +214,44 @@ def test_encoder_only_file_loads(tmp_path, caplog):
         convert.load_smarties(path, tiny_cfg(), allow_missing_decoder=False)
     assert "decoder_embed.weight" in info.value.missing
     assert "decoder_preds.16.weight" in info.value.missing
+
+
+def classifier(state: dict, *, global_pool: bool) -> dict:
+    """The state dict of the official downstream classifier: the encoder and a linear head, with
+    positions trained further; with global pooling, fc_norm normalises the pooled tokens and the
+    final norm is gone."""
+    rng = np.random.default_rng(5)
+    out = without_decoder(state) | {
+        "head.weight": rng.standard_normal((10, D), np.float32),
+        "head.bias": rng.standard_normal(10, np.float32),
+        "pos_embed": state["pos_embed"] + 0.01,
+    }
+    if global_pool:
+        out["fc_norm.weight"], out["fc_norm.bias"] = out.pop("norm.weight"), out.pop("norm.bias")
+    return out
+
+
+@pytest.mark.parametrize("global_pool", [False, True])
+def test_classifier_state_dict_loads_the_encoder(global_pool, caplog):
+    model_a = trained_model(0)
+    state = classifier(convert.from_eofm(model_a), global_pool=global_pool)
+    model_b = smarties(seed=1)
+    with caplog.at_level(logging.WARNING):
+        report = convert.to_eofm(state, model_b, source="eurosat_finetuned.pth")
+
+    fc_norm = ("fc_norm.bias", "fc_norm.weight") if global_pool else ()
+    assert report.unused == (*fc_norm, "head.bias", "head.weight", "pos_embed")
+    norm = ("encoder.norm",) if global_pool else ()
+    assert report.kept == ("decoder", *norm, "head_bias", "head_kernel")
+    assert "eurosat_finetuned.pth" in caplog.text
+    for name in report.unused + report.kept:
+        assert name in caplog.text
+    assert "pos_embed: not the MAE 2-D sin-cos table" in caplog.text
+
+    trained, init = params(model_a), params(smarties(seed=1))
+    for path, value in params(model_b).items():
+        kept = path[0] != "encoder" or (global_pool and path[1] == "norm")
+        np.testing.assert_array_equal(value, (init if kept else trained)[path], err_msg=str(path))
 
 
 def test_position_tables_are_checked(caplog):

@@ -4,6 +4,7 @@ released forward pass, error reports and the file forms of the released weights.
 import dataclasses
 import logging
 import math
+import re
 
 import jax
 import numpy as np
@@ -58,9 +59,9 @@ def test_round_trip_through_safetensors(tmp_path, caplog):
     model_a = trained_model(0)
     path = tmp_path / "croma.safetensors"
     torch_state.save_safetensors(path, convert.from_eofm(model_a))
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.WARNING):
         model_b = convert.load_croma(path, CFG, rngs=nnx.Rngs(1))
-    assert "pretraining-only parameters" in caplog.text
+    assert "no values for decoder_block, decoder_embed" in caplog.text
     # Default inputs: optical (12 bands) then radar, as CROMA's input contract requires.
     assert model_b.inputs == convert.DEFAULT_INPUTS
     assert croma.from_data(model_b.inputs, 120) == {"optical_channels": 12, "radar_channels": 2}
@@ -299,9 +300,138 @@ def test_smarties_checkpoint_is_refused():
     message = str(error)
     assert "smarties.pt" in message and "is a CROMA key" in message
     assert "s2_encoder, s1_encoder, s2_GAP_FFN, s1_GAP_FFN, joint_encoder" in message
+    assert "optical_encoder, radar_encoder" in message and "global_contrast_loss" in message
+    assert len(message.splitlines()) < 60 and "... and " in message
     # And the other way round, with the one error class of the importers.
     with pytest.raises(convert.ConversionError, match="is a SMARTIES key"):
         smarties_convert.to_eofm(convert.from_eofm(trained_model(0)), smarties)
+
+
+# --- checkpoints of the pretraining script -----------------------------------------------------
+
+# The pretraining script's module names -> the released ones (encoders and GAP-FFN heads).
+SCRIPT_TO_RELEASED = (
+    (r"^optical_encoder\.", "s2_encoder."),
+    (r"^radar_encoder\.", "s1_encoder."),
+    (r"^GAP_FFN_optical\.", "s2_GAP_FFN."),
+    (r"^GAP_FFN_radar\.", "s1_GAP_FFN."),
+    (r"^cross_encoder\.", "joint_encoder."),
+    (r"\.create_qkv\.", ".to_qkv."),
+    (r"\.0\.out\.", ".0.to_out."),
+    (r"\.create_([qkv])\.", r".to_\1."),
+    (r"\.net\.2\.", ".net.3."),
+)
+
+
+def script_to_released(key: str) -> str:
+    for pattern, name in SCRIPT_TO_RELEASED:
+        key = re.sub(pattern, name, key)
+    return key
+
+
+def script_sincos(grid: int, dim: int) -> np.ndarray:
+    """The script's fixed decoder table [grid^2, dim]: the first half encodes the column, the
+    second the row, each as [sin | cos] of position * 10000^(-k / (dim / 4))."""
+    omega = 1.0 / 10000 ** (np.arange(dim // 4) / (dim / 4))
+    rows, cols = np.divmod(np.arange(grid * grid), grid)
+    half = lambda pos: np.concatenate(
+        [np.sin(pos[:, None] * omega), np.cos(pos[:, None] * omega)], 1
+    )
+    return np.concatenate([half(cols), half(rows)], 1)
+
+
+def test_pretraining_script_key_names_and_shapes(released):
+    state = convert.from_eofm(trained_model(0), layout="pretraining")
+    dd = CFG.decoder_dim
+    expected = {
+        "optical_encoder.linear_input.weight": (D, P * P * 12),
+        "optical_encoder.transformer.layers.1.0.create_qkv.weight": (3 * D, D),
+        "optical_encoder.transformer.layers.1.0.out.weight": (D, D),
+        "optical_encoder.transformer.layers.1.1.net.2.weight": (D, 4 * D),
+        "radar_encoder.linear_input.weight": (D, P * P * 2),
+        "radar_encoder.transformer.norm_out.bias": (D,),
+        "GAP_FFN_optical.3.weight": (D, 4 * D),
+        "GAP_FFN_radar.0.weight": (D,),
+        "cross_encoder.layers.0.0.create_qkv.weight": (3 * D, D),
+        "cross_encoder.layers.0.1.create_k.weight": (D, D),
+        "cross_encoder.layers.0.1.to_out.weight": (D, D),
+        "cross_encoder.layers.0.2.net.2.bias": (D,),
+        "cross_encoder.norm_out.weight": (D,),
+        "global_contrast_loss.optical_proj.weight": (D, D),
+        "global_contrast_loss.radar_proj.bias": (D,),
+        "global_contrast_loss.logit_scale": (),
+        "decoder.encoder_to_decoder.weight": (dd, D),
+        "decoder.mask_token": (1, 1, dd),
+        "decoder.decoder_pos_embed": (1, 15 * 15, dd),
+        "decoder.decoder.layers.0.0.input_norm.weight": (dd,),
+        "decoder.decoder.layers.0.0.create_qkv.weight": (3 * dd, dd),
+        "decoder.decoder.layers.0.0.out.bias": (dd,),
+        "decoder.decoder.layers.0.1.net.0.weight": (CFG.decoder_mlp_dim, dd),
+        "decoder.decoder.layers.0.1.net.2.weight": (dd, CFG.decoder_mlp_dim),
+        "decoder.decoder.norm_out.bias": (dd,),
+        "decoder.linear_output.weight": (P * P * 14, dd),
+    }
+    for key, shape in expected.items():
+        assert state[key].shape == shape, key
+    # The encoders and GAP-FFN heads are the released tensors under the script's names.
+    script_only = ("decoder.", "global_contrast_loss.")
+    encoders = {script_to_released(k): v for k, v in state.items() if not k.startswith(script_only)}
+    assert encoders.keys() == released.keys()
+    for key, value in released.items():
+        np.testing.assert_array_equal(encoders[key], value, err_msg=key)
+    block = 2 + 1 + 2 + 2 + 2 + 2  # norm1, qkv (no bias), proj, norm2, fc1, fc2
+    decoder = 2 + 1 + 1 + block + 2 + 2  # embed, mask token, positions, block, norm, pred
+    assert len(state) == len(released) + decoder + 2 * 2 + 1  # + projections, logit scale
+    table = state["decoder.decoder_pos_embed"][0]
+    np.testing.assert_allclose(table, script_sincos(15, dd), rtol=1e-6, atol=1e-6)
+
+
+def test_pretraining_checkpoint_resumes_pretraining(caplog):
+    model_a = trained_model(0)
+    state = convert.from_eofm(model_a, layout="pretraining")
+    model_b = Croma(CFG, INPUTS, rngs=nnx.Rngs(1))
+    with caplog.at_level(logging.WARNING):
+        report = convert.to_eofm(state, model_b, source="checkpoint-299.pt")
+    assert report.unused == () and report.kept == ()
+    assert "checkpoint-299.pt" not in caplog.text  # nothing to warn about
+    want = params(model_a)  # every parameter: the pretraining loss is model_a's
+    for key, value in params(model_b).items():
+        np.testing.assert_array_equal(value, want[key], err_msg=str(key))
+
+    # Encoders alone, under the script's names: the pretraining-only parts keep their values.
+    script_only = ("decoder.", "global_contrast_loss.")
+    encoders = {k: v for k, v in state.items() if not k.startswith(script_only)}
+    model_c = Croma(CFG, INPUTS, rngs=nnx.Rngs(1))
+    with caplog.at_level(logging.WARNING):
+        report = convert.to_eofm(encoders, model_c, source="encoders.pt")
+    assert report.kept == tuple(sorted(PRETRAINING_ONLY))
+    assert "encoders.pt" in caplog.text and "decoder_block" in caplog.text
+    init = params(Croma(CFG, INPUTS, rngs=nnx.Rngs(1)))
+    for key, value in params(model_c).items():
+        np.testing.assert_array_equal(
+            value, (init if key[0] in PRETRAINING_ONLY else want)[key], err_msg=str(key)
+        )
+
+
+def test_pretraining_checkpoint_problems_are_listed():
+    state = convert.from_eofm(trained_model(0), layout="pretraining")
+    del state["global_contrast_loss.logit_scale"]
+    state["decoder.decoder.layers.1.0.out.weight"] = np.zeros((16, 16), np.float32)
+    state["decoder.linear_output.weight"] = np.zeros((5, 16), np.float32)
+    state["decoder.decoder_pos_embed"] = state["decoder.decoder_pos_embed"] + 1e-3
+    model = Croma(CFG, INPUTS, rngs=nnx.Rngs(1))
+    before = params(model)
+    with pytest.raises(convert.ConversionError) as info:
+        convert.to_eofm(state, model, source="checkpoint-299.pt")
+    error = info.value
+    assert error.missing == ["global_contrast_loss.logit_scale"]
+    assert error.unexpected == ["decoder.decoder.layers.1.0.out.weight"]
+    assert error.mismatched == ["decoder.linear_output.weight: expected (896, 16), got (5, 16)"]
+    assert len(error.invalid) == 1 and error.invalid[0].startswith("decoder.decoder_pos_embed")
+    message = str(error)
+    assert "checkpoint-299.pt" in message and "pretraining script" in message
+    after = params(model)  # nothing written
+    assert all(np.array_equal(after[k], before[k]) for k in before)
 
 
 # --- file forms -----------------------------------------------------------------------------

@@ -198,6 +198,78 @@ def test_checkpoint_of_another_image_size_is_interpolated(official, caplog):
     assert np.isfinite(tokens).all() and np.isfinite(float(loss(model, x, jax.random.key(0))))
 
 
+# --- the files users have: encoder only, finetuning ViT ----------------------------------------
+
+DECODER = ("decoder_blocks", "decoder_embed", "decoder_norm", "decoder_pos", "decoder_pred")
+
+
+def encoder_only(state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.startswith("decoder_") and k != "mask_token"}
+
+
+def finetuning_vit(state: dict, *, global_pool: bool) -> dict:
+    """The official finetuning ViT: the encoder with one learned (1, 4 N, D) `pos_embed` in place
+    of the separable tables, and a linear head; with global pooling, fc_norm instead of norm."""
+    rng = np.random.default_rng(5)
+    out = {k: v for k, v in encoder_only(state).items() if not k.startswith("pos_embed_")}
+    out |= {
+        "pos_embed": rng.standard_normal((1, 4 * GRID * GRID, D), np.float32),
+        "head.weight": rng.standard_normal((10, D), np.float32),
+        "head.bias": rng.standard_normal(10, np.float32),
+    }
+    if global_pool:
+        out["fc_norm.weight"], out["fc_norm.bias"] = out.pop("norm.weight"), out.pop("norm.bias")
+    return out
+
+
+def assert_loaded(model: SpectralGPT, kept: tuple[str, ...]) -> None:
+    """Params of the modules `kept` hold their initial values (seed 1), the others the trained
+    ones."""
+    trained, init = params(trained_model(0)), params(SpectralGPT(CFG, INPUTS, rngs=nnx.Rngs(1)))
+    for path, value in params(model).items():
+        want = init if path[0] in kept else trained
+        np.testing.assert_array_equal(value, want[path], err_msg=str(path))
+
+
+def test_encoder_only_file_loads(official, caplog):
+    model = SpectralGPT(CFG, INPUTS, rngs=nnx.Rngs(1))
+    with caplog.at_level(logging.WARNING):
+        report = convert.to_eofm(encoder_only(official), model, source="encoder.pth")
+    assert report.unused == ()
+    assert report.kept == (*DECODER, "mask_token")
+    assert "encoder.pth" in caplog.text and "decoder_blocks" in caplog.text
+    assert_loaded(model, report.kept)
+
+    # Half a decoder is not an encoder-only file.
+    state = encoder_only(official) | {"decoder_embed.weight": official["decoder_embed.weight"]}
+    with pytest.raises(convert.ConversionError) as info:
+        convert.to_eofm(state, SpectralGPT(CFG, INPUTS, rngs=nnx.Rngs(1)))
+    assert "decoder_pred.weight" in info.value.missing
+    assert "decoder_embed.bias" in info.value.missing
+    with pytest.raises(convert.ConversionError) as info:
+        convert.to_eofm(
+            encoder_only(official),
+            SpectralGPT(CFG, INPUTS, rngs=nnx.Rngs(1)),
+            allow_missing_decoder=False,
+        )
+    assert "mask_token" in info.value.missing
+
+
+@pytest.mark.parametrize("global_pool", [False, True])
+def test_finetuning_vit_state_dict_loads_the_encoder(official, global_pool, caplog):
+    model = SpectralGPT(CFG, INPUTS, rngs=nnx.Rngs(1))
+    state = finetuning_vit(official, global_pool=global_pool)
+    with caplog.at_level(logging.WARNING):
+        report = convert.to_eofm(state, model, source="eurosat_finetuned.pth")
+    fc_norm = ("fc_norm.bias", "fc_norm.weight") if global_pool else ()
+    assert report.unused == (*fc_norm, "head.bias", "head.weight", "pos_embed")
+    norm = ("norm",) if global_pool else ()
+    assert report.kept == (*DECODER, "mask_token", *norm, "pos")
+    for name in report.unused + report.kept:
+        assert name in caplog.text
+    assert_loaded(model, report.kept)
+
+
 # --- errors ---------------------------------------------------------------------------------
 
 
@@ -240,6 +312,8 @@ def test_croma_checkpoint_is_refused(official):
     assert "s2_encoder.linear_input.weight" in error.unexpected
     message = str(error)
     assert "CROMA_base.pt" in message and "is a SpectralGPT key" in message
+    assert "expected: a SpectralGPT state dict" in message and "head" in message
+    assert len(message.splitlines()) < 60 and "... and " in message
     # And the other way round.
     with pytest.raises(convert.ConversionError, match="is a CROMA key"):
         croma_convert.to_eofm(official, croma)

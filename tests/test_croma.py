@@ -1,6 +1,7 @@
 """CROMA: ALiBi / X-ALiBi values, channel-major patches, gathered contrastive loss on 8 devices,
 encodings at larger sizes, and a short real pretraining run."""
 
+import dataclasses
 import json
 
 import jax
@@ -19,6 +20,17 @@ CFG = croma.CromaConfig(
 )
 # Optical (12 Sentinel-2 L2A bands), then radar (VV, VH).
 INPUTS = {"s2": SensorSpec.full("sentinel2_l2a"), "s1": SensorSpec.full("sentinel1_grd")}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return croma.Croma(CFG, INPUTS, rngs=nnx.Rngs(0))
+
+
+def _with_official_joint_bias(model):
+    official = nnx.clone(model)
+    official.cfg = dataclasses.replace(model.cfg, official_joint_bias=True)
+    return official
 
 
 def test_alibi_slopes():
@@ -100,8 +112,7 @@ def test_gathered_contrastive_loss_equals_single_device():
     np.testing.assert_allclose(grads, np.concatenate(per_device), rtol=1e-4, atol=1e-6)
 
 
-def test_encodings_at_training_and_larger_sizes():
-    model = croma.Croma(CFG, INPUTS, rngs=nnx.Rngs(0))
+def test_encodings_at_training_and_larger_sizes(model):
     for size in (120, 240):
         optical = jax.random.normal(jax.random.key(0), (1, size, size, 12))
         radar = jax.random.normal(jax.random.key(1), (1, size, size, 2))
@@ -114,8 +125,7 @@ def test_encodings_at_training_and_larger_sizes():
         assert set(model.encode(optical=optical)) == {"optical"}
 
 
-def test_features_read_the_optical_bands_by_name():
-    model = croma.Croma(CFG, INPUTS, rngs=nnx.Rngs(0))
+def test_features_read_the_optical_bands_by_name(model):
     optical = jax.random.normal(jax.random.key(0), (1, 32, 48, 12))
     # Sentinel-2 L1C: the 12 optical bands and B10, which the optical encoder does not read.
     l1c = SensorSpec.full("sentinel2_l1c")
@@ -141,6 +151,92 @@ def test_features_read_the_optical_bands_by_name():
     assert [level.shape for level in tapped["levels"]] == [(1, 4, 6, 32)]
     with pytest.raises(ValueError, match="B01"):
         model.missing_bands(SensorSpec("sentinel2_l2a", ("B02", "B03", "B04")))
+
+
+def _spec_alibi(grid_w, heads, q_ids, k_ids):
+    """models.md 2.2 in numpy: bias[b, h, i, j] = -m_h * ||pos(q_i) - pos(k_j)||, with
+    m_h = 2^(-8h/H) and patches numbered row-major.  int [B, Nq], [B, Nk] -> [B, H, Nq, Nk]."""
+    slopes = 2.0 ** (-8.0 * np.arange(1, heads + 1) / heads)
+    (rq, cq), (rk, ck) = np.divmod(np.asarray(q_ids), grid_w), np.divmod(np.asarray(k_ids), grid_w)
+    dist = np.hypot(rq[:, :, None] - rk[:, None, :], cq[:, :, None] - ck[:, None, :])
+    return -slopes[None, :, None, None] * dist[:, None]
+
+
+def _pretraining_step(model, monkeypatch, official_bias=None):
+    """Loss, aux and what the joint encoder sees (kept ids, the biases of its first layer, its
+    output) in one pretraining step on 32 px images (4 x 4 patches, 4 kept);
+    `official_bias(radar_keep, optical_keep)` replaces both biases of every joint layer."""
+    seen = {}
+    joint_tokens, joint_layer = croma.Croma.joint_tokens, croma._JointLayer.__call__
+
+    def spy_tokens(self, radar, optical, grid, radar_keep=None, optical_keep=None):
+        seen["keep"] = (np.asarray(radar_keep), np.asarray(optical_keep))
+        seen["joint"] = joint_tokens(self, radar, optical, grid, radar_keep, optical_keep)
+        return seen["joint"]
+
+    def spy_layer(self, radar, optical, self_bias, cross_bias):
+        seen.setdefault("bias", (np.asarray(self_bias), np.asarray(cross_bias)))
+        if official_bias is not None:
+            self_bias = cross_bias = jnp.asarray(official_bias(*seen["keep"]), jnp.float32)
+        return joint_layer(self, radar, optical, self_bias, cross_bias)
+
+    monkeypatch.setattr(croma.Croma, "joint_tokens", spy_tokens)
+    monkeypatch.setattr(croma._JointLayer, "__call__", spy_layer)
+    optical = jax.random.normal(jax.random.key(1), (2, 32, 32, 12))
+    radar = jax.random.normal(jax.random.key(2), (2, 32, 32, 2))
+    loss, aux = model(optical, radar, rng=jax.random.key(0))
+    return loss, aux, seen
+
+
+def test_official_joint_bias_reproduces_the_official_pretraining_loss(model, monkeypatch):
+    """The official script gives the joint encoder's radar self-attention the cross-attention
+    X-ALiBi bias (radar query x optical key positions); ours gives it radar x radar."""
+    ours, official = model, _with_official_joint_bias(model)
+    spec_bias = lambda q, k: _spec_alibi(4, CFG.num_heads, q, k)
+
+    _, aux, seen = _pretraining_step(ours, monkeypatch)
+    joint = np.asarray(seen["joint"])
+    radar_keep, optical_keep = seen["keep"]
+    assert radar_keep.shape == (2, 4) and set(radar_keep[0]) != set(optical_keep[0])
+    self_bias, cross_bias = seen["bias"]
+    np.testing.assert_allclose(self_bias, spec_bias(radar_keep, radar_keep), rtol=1e-6)
+    np.testing.assert_allclose(cross_bias, spec_bias(radar_keep, optical_keep), rtol=1e-6)
+
+    official_loss, official_aux, seen = _pretraining_step(official, monkeypatch)
+    assert all(np.array_equal(a, b) for a, b in zip(seen["keep"], (radar_keep, optical_keep)))
+    self_bias, cross_bias = seen["bias"]
+    np.testing.assert_allclose(self_bias, spec_bias(radar_keep, optical_keep), rtol=1e-6)
+    np.testing.assert_array_equal(self_bias, cross_bias)
+    assert np.std(np.asarray(seen["joint"]) - joint) > 0.01 * np.std(joint)
+    # The official loss: our model with the spec's bias in both attentions of every joint layer.
+    reference, reference_aux, _ = _pretraining_step(ours, monkeypatch, spec_bias)
+    np.testing.assert_allclose(official_loss, reference, rtol=1e-6)
+    for key in ("mae_optical", "mae_radar"):
+        np.testing.assert_allclose(official_aux[key], reference_aux[key], rtol=1e-6)
+        assert float(official_aux[key]) != float(aux[key]), key
+    np.testing.assert_array_equal(official_aux["contrastive"], aux["contrastive"])
+
+
+def test_joint_bias_settings_agree_when_both_sensors_keep_the_same_patches(model):
+    ours, official = model, _with_official_joint_bias(model)
+    radar = jax.random.normal(jax.random.key(0), (2, 4, 32))
+    optical = jax.random.normal(jax.random.key(1), (2, 4, 32))
+    keep = jnp.asarray([[0, 5, 10, 15], [3, 2, 9, 12]])
+    other = jnp.asarray([[1, 5, 11, 14], [3, 7, 8, 12]])
+    np.testing.assert_array_equal(
+        ours.joint_tokens(radar, optical, (4, 4), keep, keep),
+        official.joint_tokens(radar, optical, (4, 4), keep, keep),
+    )
+    assert not np.allclose(
+        ours.joint_tokens(radar, optical, (4, 4), keep, other),
+        official.joint_tokens(radar, optical, (4, 4), keep, other),
+        atol=1e-4,
+    )
+    # Unmasked (every patch of both sensors, in order, as `encode` runs it): the same too.
+    radar, optical = jnp.tile(radar, (1, 4, 1)), jnp.tile(optical, (1, 4, 1))
+    np.testing.assert_array_equal(
+        ours.joint_tokens(radar, optical, (4, 4)), official.joint_tokens(radar, optical, (4, 4))
+    )
 
 
 def test_short_pretraining_run_learns_to_match_pairs(tmp_path, pretrain_config):

@@ -134,7 +134,7 @@ def test_bigearthnet_original_folders_resample_with_named_method(shared_data):
 
 
 def test_nodata_and_nan_pixels_give_a_validity_mask(tmp_path):
-    data = np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8) + 1
+    data = np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8) / 8 - 20  # sigma0 in dB.
     data[0, 1, 2] = -9999
     data[1, 3, 4] = np.nan
     path = tmp_path / "scene.tif"

@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flax import nnx
+from run_checks import listing, must_not_run
 
 from eofm.eval import classification, encoders
 from eofm.eval import fit as fit_lib
+from eofm.train import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +51,7 @@ def test_knn_probe_random_and_pretrained(
         assert np.sum(report["confusion"]) == report["data"]["test"]
     assert results["random"]["encoder"]["checkpoint_step"] is None
     # The MAE baseline was trained on S2 + S1: EuroSAT has no S1, so VV and VH are zero-filled.
-    assert results["random"]["encoder"]["zero_filled_bands"] == ["VV", "VH"]
+    assert results["random"]["encoder"]["missing_bands"] == {"s2": ["VV", "VH"]}
     assert results["pretrained"]["encoder"]["checkpoint_step"] == 10
     assert results["pretrained"]["data"]["normalization"] == "percentile_clip"
     assert results["pretrained"]["data"]["resize_to"] == 48
@@ -179,7 +183,9 @@ def test_finetune_main_cli(small_smarties_run, tmp_path, shared_data):
         f"--workdir={tmp_path}",
     ]
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(
+        command, check=False, capture_output=True, text=True, timeout=300, env=env
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     printed = json.loads(done.stdout[done.stdout.index("{") :])
     assert (
@@ -224,7 +230,9 @@ def test_finetuning_resumes_exactly_after_sigkill_and_reevaluates(
 
     def finetune(workdir):
         command = _finetune_command(workdir, shared_data, small_smarties_run)
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        done = subprocess.run(
+            command, check=False, capture_output=True, text=True, env=env, timeout=600
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         return done
 
@@ -253,3 +261,108 @@ def test_finetuning_resumes_exactly_after_sigkill_and_reevaluates(
     assert "resumed from" in again.stderr and "at step 8" in again.stderr
     assert _fit_losses(reference) == expected  # nothing retrained
     assert json.loads((reference / "report.json").read_text())["metrics"] == first["metrics"]
+
+
+@pytest.mark.parametrize("method", classification.METHODS)
+def test_an_encoder_reading_none_of_the_bands_stops_every_method(
+    method, tmp_path, finetune_config, monkeypatch
+):
+    """An MAE pretrained on S2 + S1 cannot read EuroSAT RGB: an error naming the encoder and both
+    band sets, not a chance-level report."""
+    monkeypatch.chdir(ROOT)
+    config = finetune_config("eurosat_rgb", f"method={method}")
+    config.encoder = "random:configs/pretrain/mae.py:tiny"
+    config.robustness.corruptions = ("all",)
+    monkeypatch.setattr(classification, "Preprocess", must_not_run)
+    with pytest.raises(ValueError) as raised:
+        classification.run(config, tmp_path)
+    message = str(raised.value)
+    assert config.encoder in message and "VV" in message and "'red', 'green', 'blue'" in message
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_report_lists_zero_filled_bands_and_the_feature_definition(
+    tmp_path, finetune_config, monkeypatch
+):
+    from eofm.models import mae
+
+    monkeypatch.chdir(ROOT)
+    definition = "pooled: mean of the final tokens (a test definition)"
+    monkeypatch.setattr(mae.Model, "feature_definition", definition, raising=False)
+    config = finetune_config("eurosat_ms", "method=knn")
+    config.encoder = "random:configs/pretrain/mae.py:tiny"
+    config.knn.k = 5
+    classification.run(config, tmp_path)
+    card = json.loads((tmp_path / "report.json").read_text())["encoder"]
+    assert card["missing_bands"] == {"s2": ["VV", "VH"]}  # EuroSAT has no S1
+    assert card["feature_definition"] == definition
+    markdown = (tmp_path / "report.md").read_text()
+    assert "Zero-filled bands" in markdown and "s2: VV, VH" in markdown
+    assert definition in markdown
+
+
+@pytest.mark.parametrize(
+    "make_blocked", [lambda f: f, lambda f: f / "eval"], ids=["a_file", "under_a_file"]
+)
+def test_an_unwritable_workdir_stops_the_run_before_any_loading(
+    make_blocked, tmp_path, finetune_config, monkeypatch
+):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    workdir = make_blocked(blocker)
+    monkeypatch.setattr(classification, "load_splits", must_not_run)
+    monkeypatch.setattr(encoders, "load_encoder", must_not_run)
+    with pytest.raises(validate.ConfigError, match=re.escape(str(workdir))):
+        classification.run(finetune_config("eurosat_ms", "method=knn"), workdir)
+
+
+def test_a_workdir_inside_the_encoder_run_is_refused(tmp_path, finetune_config, monkeypatch):
+    run = tmp_path / "run"
+    config = finetune_config("eurosat_ms", "method=knn")
+    config.encoder = str(run)
+    monkeypatch.setattr(classification, "load_splits", must_not_run)
+    for workdir in (run, run / "eval"):
+        with pytest.raises(ValueError, match="encoder's run") as raised:
+            classification.run(config, workdir)
+        assert str(run) in str(raised.value)
+    assert not run.exists()
+
+
+def _permissions(root):
+    return {p: p.stat().st_mode for p in (root, *root.rglob("*"))}
+
+
+@pytest.fixture
+def read_only_run(small_smarties_run, tmp_path):
+    """A copy of the small run, with an unreadable newest checkpoint (step 20, its arrays gone),
+    whose stored config names `tmp_path/elsewhere` (holding a sentinel file) as its prepared data;
+    both made read-only (chmod -R a-w) for the test."""
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    shutil.copytree(small_smarties_run, run, ignore=shutil.ignore_patterns("data"))
+    shutil.copytree(run / "checkpoints" / "10", run / "checkpoints" / "20")
+    shutil.rmtree(run / "checkpoints" / "20" / "state" / "d")
+    elsewhere.mkdir()
+    (elsewhere / "sentinel.txt").write_text("prepared shards of another run")
+    for path in run.glob("checkpoints/*/meta/metadata"):
+        meta = json.loads(path.read_text())
+        meta["config"]["data"]["prepared_dir"] = str(elsewhere)
+        path.write_text(json.dumps(meta))
+    modes = {**_permissions(run), **_permissions(elsewhere)}
+    for path, mode in modes.items():
+        path.chmod(mode & ~0o222)
+    yield run, elsewhere
+    for path, mode in modes.items():
+        path.chmod(mode)
+
+
+def test_evaluation_leaves_the_encoder_run_and_its_stored_paths_untouched(
+    read_only_run, tmp_path, finetune_config
+):
+    run, elsewhere = read_only_run
+    before = (listing(run), listing(elsewhere))
+    config = finetune_config("eurosat_ms", "method=knn")
+    config.encoder = str(run)
+    report = classification.run(config, tmp_path / "eval")
+    assert report["encoder"]["checkpoint_step"] == 10 and report["metrics"]["oa"] > 0.25
+    assert (listing(run), listing(elsewhere)) == before
+    assert (elsewhere / "sentinel.txt").read_text() == "prepared shards of another run"

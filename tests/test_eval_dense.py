@@ -2,13 +2,20 @@
 sliding-window, sampling and loss pieces checked by hand."""
 
 import json
+import re
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from run_checks import must_not_run
 
 from eofm.data.spec import SensorSpec
-from eofm.eval import dense, windows
+from eofm.eval import dense, encoders, windows
+from eofm.eval import fit as fit_lib
+from eofm.train import validate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("shape", [(70, 50), (20, 33), (32, 32)])
@@ -105,6 +112,7 @@ def test_segmentation_end_to_end(small_smarties_run, tmp_path, finetune_config):
     )
     # The small encoder's default taps: 4 levels of stride 16, 64 wide.
     assert result["data"]["window"] == 48 and result["head"]["levels"] == [[16, 64]] * 4
+    assert result["encoder"]["missing_bands"] == {}  # SMARTIES reads every band of the chip
     history = result["fit"]["history"]
     assert [h["step"] for h in history] == [8, 16, 24]
     assert result["fit"]["total_steps"] == 24 and (tmp_path / "fit" / "checkpoints" / "24").is_dir()
@@ -151,6 +159,38 @@ def test_dense_errors_name_the_culprit(tmp_path, finetune_config):
     config.head.fusion = "sum"
     with pytest.raises(ValueError, match="head.fusion 'sum'"):
         dense.run(config, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "task, inputs", [("segmentation", ("t1",)), ("change_detection", ("t1", "t2"))]
+)
+def test_an_encoder_reading_none_of_the_bands_stops_before_training(
+    task, inputs, tmp_path, finetune_config, monkeypatch
+):
+    """An MAE pretrained on S2 + S1 reads no Landsat band: an error naming the encoder and both
+    band sets before any head is trained (the robustness sweep never starts either)."""
+    monkeypatch.chdir(ROOT)
+    config = finetune_config("landsat_change")
+    config.task, config.data.inputs = task, inputs
+    config.encoder = "random:configs/pretrain/mae.py:tiny"
+    config.robustness.corruptions = ("all",)
+    monkeypatch.setattr(fit_lib, "fit", must_not_run)
+    with pytest.raises(ValueError) as raised:
+        dense.run(config, tmp_path)
+    message = str(raised.value)
+    assert config.encoder in message and "VV" in message and "landsat5_tm" in message
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_an_unwritable_workdir_stops_the_run_before_any_loading(
+    tmp_path, finetune_config, monkeypatch
+):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    monkeypatch.setattr(dense, "load_scenes", must_not_run)
+    monkeypatch.setattr(encoders, "load_encoder", must_not_run)
+    with pytest.raises(validate.ConfigError, match=re.escape(str(blocker / "eval"))):
+        dense.run(finetune_config("sen1floods11"), blocker / "eval")
 
 
 def _scene(scene_id, sensor, value, shape=(40, 40)):

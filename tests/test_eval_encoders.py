@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from run_checks import listing
 
 from eofm.data.spec import SensorSpec
 from eofm.eval import encoders
@@ -99,3 +100,45 @@ def test_pretrained_encoder_loads_from_the_checkpoint_alone(small_smarties_run, 
     spec = SensorSpec.full("sentinel2_l1c")
     x = np.zeros((1, 48, 48, 13), np.float32)
     assert encoder.pooled_fn(spec)(x).shape == (1, 64)
+
+
+def test_an_unreadable_input_is_an_error_naming_the_encoder_and_both_band_sets(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    ref = "random:configs/pretrain/mae.py:tiny"
+    encoder = encoders.load_encoder(ref)
+    with pytest.raises(ValueError) as raised:
+        encoder.missing_bands(SensorSpec.full("rgb"))
+    message = str(raised.value)
+    assert ref in message and "mae:tiny" in message
+    assert "B02" in message and "VV" in message  # what the encoder was pretrained on
+    assert "'red', 'green', 'blue'" in message  # what the data have
+
+
+def test_zero_filled_bands_are_listed_per_data_key(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    encoder = encoders.load_encoder("random:configs/pretrain/mae.py:tiny")
+    s2, rgb_like = SensorSpec.full("sentinel2_l1c"), SensorSpec("sentinel2_l1c", ("B04", "B03"))
+    missing = encoder.zero_filled_bands([("t1", s2), ("t2", s2), ("t2", rgb_like)])
+    assert missing["t1"] == ["VV", "VH"]
+    assert missing["t2"][:3] == ["B01", "B02", "B05"] and missing["t2"][-2:] == ["VV", "VH"]
+    with pytest.raises(ValueError, match="mae.py:tiny"):
+        encoder.zero_filled_bands([("s2", s2), ("rgb", SensorSpec.full("rgb"))])
+
+
+def test_feature_definition_comes_from_the_family(monkeypatch):
+    from eofm.models import smarties
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(smarties.Model, "feature_definition", "pooled: a test", raising=False)
+    encoder = encoders.load_encoder("random:configs/pretrain/smarties.py:tiny")
+    assert encoder.feature_definition == "pooled: a test"
+
+
+def test_opening_a_run_without_checkpoints_creates_nothing(tmp_path):
+    run = tmp_path / "not_a_run"
+    run.mkdir()
+    (run / "notes.txt").write_text("a directory that holds no pretraining run")
+    before = listing(run)
+    with pytest.raises(FileNotFoundError, match="not_a_run"):
+        encoders.load_encoder(str(run))
+    assert listing(run) == before

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from eofm.data.spec import SensorSpec
-from eofm.models import layers
+from eofm.models import family, layers
 from eofm.models import mae as mae_lib
 from eofm.models.mae import (
     MAE,
@@ -361,7 +361,7 @@ def test_features_pool_cls_and_zero_fill_missing_bands():
 
 
 def _tiny_abstract(name):
-    from eofm.models import croma, family, smarties, spectralgpt
+    from eofm.models import croma, smarties, spectralgpt
 
     inputs = {
         "mae": {"rgb": SensorSpec.full("rgb")},
@@ -431,3 +431,21 @@ def test_layer_ids_and_encoding_params(name):
         assert any(p.startswith(prefix) for p in encoding), prefix
     assert not any("decoder" in p for p in encoding)
     assert {model.layer_of(p) for p in encoding} == set(range(model.num_layers + 1))
+
+
+@pytest.mark.parametrize("name", [*family.available(), "families.toyvit", "families.toypyramid"])
+def test_each_family_states_what_its_features_are(name):
+    definition = family.get(name).Model.feature_definition
+    assert isinstance(definition, str)
+    assert "`pooled`" in definition and "`levels`" in definition
+
+
+def test_bands_of_the_same_name_on_other_wavelengths_are_not_read():
+    """Landsat-8 B10/B11 are thermal, Sentinel-2 B10/B11 cirrus and SWIR: the same names, other
+    quantities. An S2 MAE reads none of them from Landsat-8 data (it used to match by name)."""
+    s2 = SensorSpec("sentinel2_l1c", ("B10", "B11"))
+    model = MAE(tiny_mae(in_chans=2), {"s2": s2}, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="have none of them"):
+        model.missing_bands(SensorSpec("landsat8_oli_tirs", ("B10", "B11")))
+    l2a = SensorSpec("sentinel2_l2a", ("B11", "B12"))
+    assert model.missing_bands(l2a) == ("B10",)

@@ -1,7 +1,14 @@
-"""Sharding on 8 simulated CPU devices: dp, fsdp and fsdp_tp agree with one device."""
+"""Sharding on 8 simulated CPU devices: dp, fsdp and fsdp_tp agree with one device; and the
+errors of a multi-process launch."""
 
 import json
 import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -295,3 +302,51 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
     for new, old in zip(jax.tree.leaves(restored), jax.tree.leaves(saved_state)):
         assert new.sharding.mesh.devices.size == 2
         np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
+
+
+@pytest.mark.parametrize(
+    "given, missing",
+    [
+        ({"num_processes": 2}, "coordinator_address, process_id missing"),
+        ({"coordinator_address": "127.0.0.1:1234", "process_id": 0}, "num_processes missing"),
+    ],
+)
+def test_partial_multi_process_arguments_name_what_is_missing(given, missing, monkeypatch):
+    for name in parallel.CLUSTER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match=missing):
+        parallel.initialize_distributed(**given)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_process_that_never_joins_is_a_clear_error_after_the_timeout(tmp_path):
+    """Process 0 of 2 started alone exits with status 1 soon after --distributed_timeout_s,
+    naming the address it waited on, before any data is prepared."""
+    address = f"127.0.0.1:{_free_port()}"
+    root = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable,
+        str(root / "pretrain" / "main.py"),
+        "--config=configs/pretrain/mae.py:tiny",
+        f"--workdir={tmp_path / 'run'}",
+        f"--coordinator_address={address}",
+        "--num_processes=2",
+        "--process_id=0",
+        "--distributed_timeout_s=5",
+    ]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    start = time.monotonic()
+    result = subprocess.run(
+        command, cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    elapsed = time.monotonic() - start
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"waited 5 s at coordinator {address}" in result.stderr, result.stderr[-3000:]
+    assert "not all 2 processes joined" in result.stderr
+    assert elapsed < 60  # imports + 5 s, well before JAX's own deadline aborts the process
+    assert not (tmp_path / "run").exists()

@@ -1,4 +1,9 @@
-"""The grain pipeline: determinism, exact resume, process sharding, normalisation, augmentation."""
+"""The grain pipeline: determinism, exact resume, process sharding, normalisation, augmentation,
+and worker processes that leave no shared memory behind."""
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -187,3 +192,49 @@ def test_augmentation_moves_images_and_masks_together():
     exact = augment.RandomCropFlipRotate(["img"], size=32, mask_keys=["mask"])
     out = exact.random_map(sample, np.random.default_rng(1))
     assert sorted(map(tuple, out["img"].reshape(-1, 2))) == sorted(map(tuple, image.reshape(-1, 2)))
+
+
+# Two batches from a worker process placed on the device as the training loop does: on CPU the JAX
+# arrays alias the host batches and live until the interpreter exits.
+_BATCHES_ON_DEVICE = """
+import sys
+
+import jax
+from absl import flags
+
+from eofm.data import arrayrecord, pipeline
+
+
+def batches_on_device(directory):
+    source = arrayrecord.ArrayRecordSource(directory)
+    ds = pipeline.make_dataset(source, batch_size=4, seed=0, process_index=0, process_count=1)
+    it = pipeline.make_iterator(ds, num_workers=1)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    batches = [jax.make_array_from_process_local_data(sharding, next(it)["s2"]) for _ in "ab"]
+    it.close()
+    return batches
+
+
+if __name__ == "__main__":
+    flags.FLAGS.mark_as_parsed()
+    kept = batches_on_device(sys.argv[1])
+    print(float(sum(x.sum() for x in kept)))
+"""
+
+
+def test_worker_batches_leave_no_shared_memory_behind(prepared, tmp_path):
+    source, _ = prepared
+    script = tmp_path / "batches_on_device.py"
+    script.write_text(_BATCHES_ON_DEVICE)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    result = subprocess.run(
+        [sys.executable, str(script), str(source.directory)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout) > 0
+    assert "leaked shared_memory" not in result.stderr, result.stderr[-3000:]

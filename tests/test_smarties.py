@@ -189,11 +189,44 @@ def test_features_of_each_sensor_of_a_sample(model):
         assert [level.shape for level in out["levels"]] == [(1, 4, 4, 32)] * 4
         # Pooled features are the CLS of the released model's encoding of that sensor.
         np.testing.assert_allclose(out["pooled"], cls, rtol=1e-5, atol=1e-6, err_msg=key)
-        # The deepest default tap is the last block, final norm included: the encoder's patch
-        # tokens on the 4 x 4 patch grid.
-        np.testing.assert_allclose(
-            out["levels"][-1], tokens.reshape(1, 4, 4, 32), rtol=1e-5, atol=1e-5, err_msg=key
-        )
+        assert out["levels"][-1].shape == (1, 4, 4, 32)
+
+
+def test_dense_features_are_the_tokens_before_the_final_norm(model):
+    """Levels are the official `all_tokens=True` output: every tap, the last block's included,
+    is the residual stream before the final LayerNorm; pooled is the final-LN CLS."""
+    spec = SensorSpec.full("sentinel2_l2a")
+    images = jax.random.normal(jax.random.key(0), (1, 32, 32, 12))
+    out = model.features(images, spec, taps=(0, 1))
+    x = model.encoder.embed_patches(images, weights=smarties.View.of(spec, CFG).weights)
+    x = jnp.concatenate([jnp.broadcast_to(model.encoder.cls_token[...], (1, 1, 32)), x], axis=1)
+    streams = []
+    for block in model.encoder.blocks:
+        x = block(x)
+        streams.append(x)
+    for level, stream in zip(out["levels"], streams, strict=True):
+        np.testing.assert_allclose(level, stream[:, 1:].reshape(1, 4, 4, 32), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        out["pooled"], model.encoder.norm(streams[-1])[:, 0], rtol=1e-5, atol=1e-5
+    )
+    assert not np.allclose(out["levels"][-1], model.encoder.norm(out["levels"][-1]), atol=1e-3)
+
+
+def test_official_blend_embeds_landsat8_blue_as_the_official_range(model):
+    """With blend="official", Landsat-8 B2 embeds as range 18 = 0.79 aerosol + 0.21 blue_1, and
+    B6, centred on short_wave_infrared_3, takes that range alone."""
+    official = dataclasses.replace(CFG, blend="official")
+    view = smarties.View.of(SensorSpec.full("landsat8_oli_tirs"), official)
+    bands = SensorSpec.full("landsat8_oli_tirs").bands
+    np.testing.assert_allclose(view.weights[bands.index("B2"), :2], (0.79, 0.21), rtol=1e-6)
+    assert view.weights[bands.index("B6")].tolist() == [float(r == 13) for r in range(17)]
+    blue = jax.random.normal(jax.random.key(0), (1, 16, 16, 1))
+    weights = smarties.View.of(SensorSpec("landsat8_oli_tirs", ("B2",)), official).weights
+    tokens = model.encoder.patch_embed(blue, weights=weights)
+    k, c = model.encoder.patch_embed.kernel[...], model.encoder.patch_embed.bias[...]
+    patches = tokenizers.band_patches(blue, 8)[:, :, 0]
+    expected = 12 * (0.79 * (patches @ k[0] + c[0]) + 0.21 * (patches @ k[1] + c[1]))
+    np.testing.assert_allclose(tokens, expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="no spectral projection"):
         model.missing_bands(SensorSpec("sentinel2_l1c", ("B10",)))
 

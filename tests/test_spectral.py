@@ -202,3 +202,83 @@ def test_bad_bands():
         spectral.assign_band(lidar)
     with pytest.raises(ValueError, match="sum to 1"):
         spectral.BandProjection("x", (1, 2), (0.5, 0.6))
+
+
+# ---- the official assignment table (models.md section 1.2) ----------------------------------
+
+
+def _mid(lo_nm, hi_nm):
+    return (lo_nm + hi_nm) / 2
+
+
+def _official_blend(center_nm, source_centers):
+    """The official rule for a blended range: each source weighted by |centre - its centre|,
+    normalised to 1 (so the farther source dominates).  {range: centre} -> {range: weight}."""
+    distances = {k: abs(center_nm - c) for k, c in source_centers.items()}
+    return {k: d / sum(distances.values()) for k, d in distances.items()}
+
+
+AEROSOL, BLUE_1 = _mid(422, 463), _mid(427, 558)
+SWIR_1, SWIR_3, SWIR_4 = _mid(923, 964), _mid(1516, 1704), _mid(2002, 2376)
+MICROWAVE = _mid(5.5e7, 5.6e7)
+_S2_OFFICIAL = {band: {index: 1.0} for band, index in S2_EXPECTED.items()}
+_RGB_OFFICIAL = {"red": {5: 1.0}, "green": {3: 1.0}, "blue": {2: 1.0}}
+# Band -> {range: weight} under blend="official", as the official configuration defines them:
+# S2 B10 (short_wave_infrared_2, index -1) is dropped; range 18 blue_2 (Landsat-8 B2, 452-512 nm)
+# blends aerosol and blue_1; range 17 thermal_infrared_1 (Landsat-8 B10, 10600-11190 nm) blends
+# short_wave_infrared_4 and microwave_1.
+OFFICIAL = {
+    "sentinel2_l1c": {**_S2_OFFICIAL, "B10": {}},
+    "sentinel2_l2a": _S2_OFFICIAL,
+    "sentinel1_grd": {"VV": {15: 1.0}, "VH": {16: 1.0}},
+    "rgb": _RGB_OFFICIAL,
+    "naip": _RGB_OFFICIAL,
+    "landsat8_oli_tirs": {
+        "B2": _official_blend(_mid(452, 512), {0: AEROSOL, 1: BLUE_1}),
+        "B10": _official_blend(_mid(10600, 11190), {14: SWIR_4, 15: MICROWAVE}),
+    },
+}
+# Bands the official configuration does not name, placed by centre wavelength (rule 3) with the
+# official weights; pinned so that they cannot drift.
+BY_WAVELENGTH = {
+    "naip": {"nir": {11: 1.0}},
+    "landsat8_oli_tirs": {
+        "B1": {0: 1.0},
+        "B3": {4: 1.0},
+        "B4": {5: 1.0},
+        "B5": {11: 1.0},
+        "B6": {13: 1.0},
+        "B7": {14: 1.0},
+        "B8": {4: 1.0},
+        "B9": _official_blend(1370.0, {12: SWIR_1, 13: SWIR_3}),
+        "B11": _official_blend(12005.0, {14: SWIR_4, 15: MICROWAVE}),
+    },
+}
+
+
+@pytest.mark.parametrize("sensor", sorted(OFFICIAL))
+def test_official_blend_follows_the_official_table(sensor):
+    expected = OFFICIAL[sensor] | BY_WAVELENGTH.get(sensor, {})
+    assert set(expected) == set(sensors.get_sensor(sensor).band_names)
+    for assignment in spectral.assign_sensor(sensor, blend="official"):
+        want = expected[assignment.band]
+        assert assignment.ranges == tuple(want), assignment
+        np.testing.assert_allclose(assignment.weights, list(want.values()), rtol=1e-12)
+
+
+def test_official_landsat8_blends_match_the_published_weights():
+    by_band = {a.band: a for a in spectral.assign_sensor("landsat8_oli_tirs", blend="official")}
+    np.testing.assert_allclose(by_band["B2"].weights, (0.79, 0.21), rtol=1e-12)
+    assert by_band["B10"].weights[1] == pytest.approx(0.9998, abs=1e-4)
+    # Our default keeps placing B2 by wavelength: inside RGB blue's range, nearest its centre.
+    (blue,) = spectral.assign_sensor("landsat8_oli_tirs", ["B2"])
+    assert _single(blue) == 2
+
+
+@pytest.mark.parametrize("blend", spectral.BLEND_MODES)
+def test_band_on_a_range_centre_takes_that_range(blend):
+    # Landsat-8 B6 (1570-1650 nm) is centred exactly on short_wave_infrared_3 (1516-1704 nm).
+    (swir,) = spectral.assign_sensor("landsat8_oli_tirs", ["B6"], blend=blend)
+    assert _single(swir) == 13
+    assert spectral.blend_weights(_center(13), (13,), blend) == (1.0,)
+    assert spectral.blend_weights(_center(13), (12, 13), blend) == (0.0, 1.0)

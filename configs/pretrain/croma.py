@@ -13,7 +13,8 @@ wide, 16 heads, optical 12 / radar 6 / joint 6) and `large` (1024, 16 heads, 24 
 published; patch 8 at 120 px. Default data: the embedded BigEarthNet v2 pairs (S2 L2A 12 bands as
 optical, S1 VV/VH as radar), each band clipped to mean +- 2 std and rescaled to [0, 1] with dataset
 statistics (the SeCo/SatMAE recipe of CROMA's README, with fixed rather than batch statistics).
-Loss = InfoNCE + MAE (1:1).
+Loss = InfoNCE + MAE (1:1). `--config.model.official_joint_bias=True` gives the joint encoder's
+radar self-attention the cross-attention bias, as the official pretraining script does.
 
 Expected (tiny, 2 CPU cores, batch 32): about 0.9 s per step (300 steps in about 5 minutes); the
 loss starts near 7.1 (InfoNCE about ln 32 = 3.5 plus the two reconstruction terms) and moves

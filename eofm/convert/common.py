@@ -3,6 +3,9 @@
 An importer describes a model as a list of `Tensor`s, one per official key, each naming the eofm
 Param it fills and how the two are laid out. `check` compares that list with a state dict,
 `write` copies a checked state dict into the model and `read` produces the official state dict.
+`load_checked` does both for the files users have: whole parts a file may lack (the decoder of an
+encoder-only file) keep their values, keys known but not loaded (a classifier's head) are listed,
+and either way an `ImportReport` and a log warning say so.
 
 Layouts (torch shape <-> eofm shape):
   "copy"        same shape (LayerNorm weights <-> scales, biases, tokens),
@@ -18,19 +21,29 @@ and may be stored reshaped (a Conv kernel that is a Linear on flattened patches,
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 
+from eofm.models import layers
+
 ParamPath = tuple[str | int, ...]
 
 # Official (torch) name of each leaf of an eofm Linear / LinearGeneral / LayerNorm.
 TORCH_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+# Keys of a timm / MAE ViT classifier that an encoder has no place for: the linear head, and
+# fc_norm, the LayerNorm of the pooled tokens that a global-pool classifier holds instead of `norm`.
+CLASSIFIER_KEY = re.compile(r"(head|fc_norm)\.(weight|bias)")
+# Largest |difference| tolerated between a stored fixed position table and the recomputed one.
+POSEMB_ATOL = 1e-5
+# Items of each problem list that an error message shows.
+MESSAGE_ITEMS = 20
 
 
 class ConversionError(ValueError):
@@ -57,6 +70,36 @@ class ConversionError(ValueError):
         self.unexpected = list(unexpected)
         self.mismatched = list(mismatched)
         self.invalid = list(invalid)
+
+
+@dataclasses.dataclass(frozen=True)
+class Description:
+    """What an error message says about a model and a file.
+
+    Attributes:
+      model: what the model is, e.g. "CROMA (width 768, ...)".
+      file: what the keys and shapes of the file say about the model that wrote it.
+      expected: the files the importer reads, e.g. "a CROMA state dict: ...".
+    """
+
+    model: str
+    file: str
+    expected: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportReport:
+    """What an import left out.
+
+    Attributes:
+      unused: keys of the file that were recognised but not loaded (a classifier's head), in
+        natural order.
+      kept: eofm modules (dotted paths, the shortest that cover them) of which the file holds no
+        Param; they keep the values they had, e.g. ("decoder",) for an encoder-only file.
+    """
+
+    unused: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +205,8 @@ def check(
       (missing keys, unexpected keys, "key: expected (...), got (...)" shape mismatches).
     """
     known = {t.key for t in tensors} | set(also_known)
-    missing = [t.key for t in tensors if t.key not in state and t.key not in optional]
+    absent = (t.key for t in tensors if t.key not in state and t.key not in optional)
+    missing = sorted(absent, key=natural_order)
     unexpected = sorted((key for key in state if key not in known), key=natural_order)
     mismatched = []
     for t in tensors:
@@ -215,14 +259,181 @@ def read(params: Mapping[ParamPath, nnx.Param], tensors: Sequence[Tensor]) -> di
         value = to_official_layout(t.layout, value)
         if t.shape is not None:
             value = value.reshape(t.shape)
-        state[t.key] = np.ascontiguousarray(value)
+        state[t.key] = np.array(value, order="C")  # np.ascontiguousarray makes scalars 1-D
     return state
+
+
+def load_checked(
+    model: nnx.Module,
+    params: Mapping[ParamPath, nnx.Param],
+    tensors: Sequence[Tensor],
+    state: Mapping[str, np.ndarray],
+    *,
+    source: str | os.PathLike | None,
+    description: Description,
+    optional_parts: Mapping[str, Collection[str]],
+    unused: Collection[str] = (),
+    checked: Collection[str] = (),
+    mismatched: Sequence[str] = (),
+    invalid: Sequence[str] = (),
+    invalid_title: str = "invalid values",
+) -> ImportReport:
+    """Checks `state` against `tensors` and raises one `ConversionError` listing every problem,
+    else writes the tensors into `model` and reports (and logs) what was left out.
+
+    Args:
+      model, params, tensors, state: as `check` and `write`.
+      source: the file, named in messages.
+      description: what error messages say about the model and the file.
+      optional_parts: {name: official keys} of parts a file may lack as a whole (a decoder); a
+        part of which the file holds some keys only is reported as missing keys.
+      unused: keys of `state` known but not loaded (a classifier's head): reported, no error.
+      checked: keys of `state` that the caller checks itself (fixed position tables).
+      mismatched, invalid: the caller's own problems, reported with those found here.
+      invalid_title: heading of the `invalid` list.
+    """
+    absent = [keys for keys in optional_parts.values() if not state.keys() & set(keys)]
+    unused = sorted(state.keys() & set(unused), key=natural_order)
+    missing, unexpected, wrong_shapes = check(
+        state,
+        tensors,
+        params,
+        optional={key for keys in absent for key in keys},
+        also_known={*unused, *checked},
+    )
+    problems = {
+        "missing": missing,
+        "unexpected": unexpected,
+        "mismatched": [*wrong_shapes, *mismatched],
+        "invalid": list(invalid),
+    }
+    if any(problems.values()):
+        raise conversion_error(source, description, invalid_title=invalid_title, **problems)
+    write(model, params, tensors, state)
+    loaded = {t.path for t in tensors if t.key in state}
+    report = ImportReport(tuple(unused), covering_modules(params, params.keys() - loaded))
+    log_report(source, report)
+    return report
+
+
+def log_report(source: str | os.PathLike | None, report: ImportReport) -> None:
+    """Warns of the keys not used and of the modules the file holds no values for."""
+    name = source_name(source)
+    if report.unused:
+        logging.warning(
+            "%s: %d keys are not used: %s", name, len(report.unused), ", ".join(report.unused)
+        )
+    if report.kept:
+        logging.warning(
+            "%s: the file holds no values for %s: they keep their values",
+            name,
+            ", ".join(report.kept),
+        )
+
+
+def covering_modules(paths: Collection[ParamPath], kept: Collection[ParamPath]) -> tuple[str, ...]:
+    """The shortest dotted module paths whose Params are all in `kept` and that together cover
+    `kept` (of all Params `paths`): "decoder" for a whole decoder, "encoder.norm" for one LN."""
+    partly_loaded = {path[:n] for path in paths if path not in kept for n in range(1, len(path))}
+    modules = {
+        next(path[:n] for n in range(1, len(path) + 1) if path[:n] not in partly_loaded)
+        for path in kept
+    }
+    return tuple(sorted(map(dotted, modules), key=natural_order))
+
+
+def optional_vit_parts(
+    state: Mapping[str, np.ndarray], decoder: Collection[str]
+) -> dict[str, Collection[str]]:
+    """Parts a timm / MAE ViT file may lack as a whole: the decoder (its keys `decoder`; empty:
+    the decoder is required) and, where the file holds fc_norm (a global-pool classifier), the
+    final `norm`."""
+    parts = {"decoder": decoder} if decoder else {}
+    if "fc_norm.weight" in state:
+        parts["final norm"] = ("norm.weight", "norm.bias")
+    return parts
+
+
+def classifier_keys(state: Mapping[str, np.ndarray]) -> list[str]:
+    """Keys of `state` that only a classifier holds (`CLASSIFIER_KEY`)."""
+    return [key for key in state if CLASSIFIER_KEY.fullmatch(key)]
+
+
+def sincos_table(grid: tuple[int, int], width: int, cls_rows: int) -> np.ndarray:
+    """[1, cls_rows + gh * gw, width]: zero rows for the class tokens, then the MAE 2-D sin-cos
+    table (`layers.posemb_sincos_2d`)."""
+    table = layers.posemb_sincos_2d(*grid, width)
+    return np.concatenate([np.zeros((cls_rows, width), np.float32), table])[None]
+
+
+def check_sincos_tables(
+    state: Mapping[str, np.ndarray],
+    widths: Mapping[str, int],
+    *,
+    cls_rows: int,
+    grid: tuple[int, int] | None,
+    source: str | os.PathLike | None,
+) -> tuple[list[str], dict[str, str]]:
+    """Compares the fixed position tables of `state` with the ones eofm recomputes.
+
+    Args:
+      state: {official key: array}.
+      widths: {key of a table: its width}; absent keys are skipped.
+      cls_rows: leading zero rows (a CLS slot) of each table.
+      grid: the patch grid of the tables; None: a square grid. Tables of another grid are not
+        compared (logged).
+      source: the file, named in messages.
+    Returns:
+      (shape mismatches, {key: why its values are not the sin-cos table}).
+    """
+    mismatched, invalid = [], {}
+    what = "the MAE 2-D sin-cos table" + (" with a zero CLS row" if cls_rows else "")
+    for key, width in widths.items():
+        table = state.get(key)
+        if table is None:
+            continue
+        shape = tuple(table.shape)
+        if len(shape) != 3 or shape[0] != 1 or shape[1] <= cls_rows or shape[2] != width:
+            rows = f"{cls_rows} + L" if cls_rows else "L"
+            mismatched.append(f"{key}: expected (1, {rows}, {width}), got {shape}")
+            continue
+        table_grid = _table_grid(key, shape[1] - cls_rows, grid, source)
+        if table_grid is None:
+            continue
+        error = float(np.max(np.abs(table - sincos_table(table_grid, width, cls_rows))))
+        if not error <= POSEMB_ATOL:
+            invalid[key] = f"{key}: not {what} (largest difference {error:.3g} > {POSEMB_ATOL:g})"
+    return mismatched, invalid
+
+
+def _table_grid(
+    key: str,
+    num_positions: int,
+    grid: tuple[int, int] | None,
+    source: str | os.PathLike | None,
+) -> tuple[int, int] | None:
+    """`grid` (None: the square grid) of a table of `num_positions` rows; None, logged, when
+    the table is of another grid."""
+    if grid is None:
+        side = math.isqrt(num_positions)
+        grid, expected = (side, side), "a square grid"
+    else:
+        expected = f"the {grid[0]}x{grid[1]} grid asked for"
+    if grid[0] * grid[1] == num_positions:
+        return grid
+    logging.info(
+        "%s: %s covers %d positions, not %s; its values are not checked",
+        source_name(source),
+        key,
+        num_positions,
+        expected,
+    )
+    return None
 
 
 def conversion_error(
     source: str | os.PathLike | None,
-    model: str,
-    file: str,
+    description: Description,
     *,
     missing: Sequence[str] = (),
     unexpected: Sequence[str] = (),
@@ -230,16 +441,20 @@ def conversion_error(
     invalid: Sequence[str] = (),
     invalid_title: str = "invalid values",
 ) -> ConversionError:
-    """A `ConversionError` whose message lists every problem.
+    """A `ConversionError` whose message lists the problems (the first `MESSAGE_ITEMS` of each
+    list; the error's attributes hold them all).
 
     Args:
       source: the file, named in the message.
-      model: what the model is, e.g. "CROMA (width 768, ...)".
-      file: what the keys and shapes of the file say about the model that wrote it.
+      description: what the message says about the model and the file.
       missing, unexpected, mismatched, invalid: the problems (see `ConversionError`).
       invalid_title: heading of the `invalid` list.
     """
-    lines = [f"cannot load {source_name(source)} into {model}:", f"  the file holds: {file}"]
+    lines = [
+        f"cannot load {source_name(source)} into {description.model}:",
+        f"  expected: {description.expected}",
+        f"  the file holds: {description.file}",
+    ]
     for title, items in (
         ("missing keys", missing),
         ("unexpected keys", unexpected),
@@ -248,7 +463,9 @@ def conversion_error(
     ):
         if items:
             lines.append(f"  {title} ({len(items)}):")
-            lines.extend(f"    {item}" for item in items)
+            lines.extend(f"    {item}" for item in items[:MESSAGE_ITEMS])
+            if len(items) > MESSAGE_ITEMS:
+                lines.append(f"    ... and {len(items) - MESSAGE_ITEMS} more")
     return ConversionError(
         "\n".join(lines),
         missing=missing,
@@ -256,39 +473,6 @@ def conversion_error(
         mismatched=mismatched,
         invalid=invalid,
     )
-
-
-def raise_on_problems(
-    source: str | os.PathLike | None, model: str, file: str, **problems: Any
-) -> None:
-    """Raises `conversion_error(source, model, file, **problems)` if any problem list is
-    non-empty (keywords as `conversion_error`)."""
-    lists = ("missing", "unexpected", "mismatched", "invalid")
-    if any(problems.get(name) for name in lists):
-        raise conversion_error(source, model, file, **problems)
-
-
-def check_and_write(
-    source: str | os.PathLike | None,
-    model_description: str,
-    file_description: str,
-    model: nnx.Module,
-    params: Mapping[ParamPath, nnx.Param],
-    tensors: Sequence[Tensor],
-    state: Mapping[str, np.ndarray],
-) -> None:
-    """`check`s `state` against `tensors`, raises one `ConversionError` listing every problem,
-    else `write`s the tensors into `model`."""
-    missing, unexpected, mismatched = check(state, tensors, params)
-    raise_on_problems(
-        source,
-        model_description,
-        file_description,
-        missing=missing,
-        unexpected=unexpected,
-        mismatched=mismatched,
-    )
-    write(model, params, tensors, state)
 
 
 def foreign_file(state: Mapping[str, np.ndarray], family: str) -> str:

@@ -20,8 +20,12 @@ recomputes for each input size instead of storing; they are checked against the 
 table with a zero CLS row, since a difference means the file is not a SMARTIES (MAE sin-cos)
 model.
 
-The released files hold the encoder only; the decoder and pixel heads then keep their initial
-values (`allow_missing_decoder`).
+Three kinds of file load: a pretraining checkpoint (all of the above), the encoder alone (as
+released; the decoder and pixel heads keep their values, `allow_missing_decoder`) and a downstream
+classifier, the timm ViT of the official finetuning code: the encoder and `head` (not used), with
+`fc_norm` (not used) in place of `norm` (which keeps its values) under global pooling. Finetuning
+may train that ViT's `pos_embed` further; a classifier's table that is not the sin-cos table is
+then not used either (the model keeps the sin-cos table).
 """
 
 from __future__ import annotations
@@ -39,11 +43,8 @@ from flax import nnx
 from eofm.convert import common, torch_state
 from eofm.convert.common import ConversionError, ParamPath, Tensor
 from eofm.data.spec import SensorSpec
-from eofm.models import layers
 from eofm.models.smarties import Smarties, SmartiesConfig
 
-# Largest |difference| tolerated between a stored position table and the recomputed one.
-POSEMB_ATOL = 1e-5
 DEFAULT_IMAGE_SIZE = 224  # the official models are built for 224 px inputs
 # Inputs of a loaded model when none are given: the pretraining pair of the released models
 # (BigEarthNet Sentinel-2 + Sentinel-1). Only the pretraining loss reads them; `features` encodes
@@ -64,6 +65,11 @@ _TOKENIZER_INDEX = re.compile(r"spectrum_projection\.spectrum_embeds\.(\d+)\.")
 _BLOCK_INDEX = re.compile(r"blocks\.(\d+)\.")
 _DECODER_BLOCK_INDEX = re.compile(r"decoder_blocks\.(\d+)\.")
 _HEAD_KEY = "decoder_preds.{}.{}"
+_EXPECTED = (
+    "a SMARTIES state dict: the encoder (spectrum_projection.spectrum_embeds.{k}.proj, cls_token,"
+    " pos_embed, blocks.{i}.*, norm), alone, with the decoder of a pretraining checkpoint"
+    " (decoder_*, mask_token), or with the head of a classifier (head, fc_norm)"
+)
 _SMARTIES_KEY = re.compile(
     r"(cls_token|pos_embed|mask_token|decoder_pos_embed|spectrum_projection\.|blocks\.|norm\."
     r"|decoder_(embed|blocks|norm|preds)\.)"
@@ -77,19 +83,23 @@ def to_eofm(
     source: str | os.PathLike | None = None,
     allow_missing_decoder: bool = True,
     image_size: int | None = None,
-) -> None:
+) -> common.ImportReport:
     """Writes official SMARTIES weights into `model` in place.
 
-    Everything is checked before anything is written, so on error the model is unchanged.
+    Reads a pretraining checkpoint, its encoder alone and a downstream classifier (see the module
+    docstring). Everything is checked before anything is written, so on error the model is
+    unchanged.
 
     Args:
       state: {official key: array}, e.g. from `torch_state.load`.
       model: a built (not abstract) `Smarties`; its config must match the file.
       source: the file the state came from, named in messages.
       allow_missing_decoder: a file without any decoder tensor (as released) loads; the decoder
-        and pixel heads keep their values, with a warning.
+        and pixel heads keep their values.
       image_size: image side the position tables were made for; None: a square grid. Tables of
         another grid are not checked.
+    Returns:
+      The keys not used and the modules that kept their values, also logged as warnings.
     Raises:
       ConversionError: listing every missing and unexpected key and every shape mismatch (and
         position tables that are not the MAE sin-cos table).
@@ -98,47 +108,34 @@ def to_eofm(
     common.require_built(params)
     tensors = _tensors(params)
     tables = _position_tables(model)
-    decoder_keys = {t.key for t in tensors if _in_decoder(t)}
-    skip_decoder = allow_missing_decoder and not decoder_keys & state.keys()
-
-    missing, unexpected, mismatched = common.check(
-        state,
-        tensors,
-        params,
-        optional=decoder_keys if skip_decoder else (),
-        also_known=tables.keys(),
-    )
-    invalid = []
     p = model.cfg.patch_size
     grid = None if image_size is None else (image_size // p, image_size // p)
-    for key, width in tables.items():
-        if key not in state:
-            continue
-        table = np.asarray(state[key])
-        if table.ndim != 3 or table.shape[0] != 1 or table.shape[1] < 2 or table.shape[2] != width:
-            mismatched.append(f"{key}: expected (1, 1 + L, {width}), got {table.shape}")
-        elif (problem := _check_position_table(key, table, grid, source)) is not None:
-            invalid.append(problem)
-
-    common.raise_on_problems(
-        source,
-        _describe_model(model),
-        _describe_file(state),
-        missing=missing,
-        unexpected=unexpected,
+    mismatched, invalid = common.check_sincos_tables(
+        state, tables, cls_rows=1, grid=grid, source=source
+    )
+    classifier = common.classifier_keys(state)
+    trained_tables = invalid if classifier else {}
+    for problem in trained_tables.values():
+        logging.warning(
+            "%s: %s, trained by finetuning; the model keeps the sin-cos table",
+            common.source_name(source),
+            problem,
+        )
+    decoder = {t.key for t in tensors if _in_decoder(t)} if allow_missing_decoder else ()
+    return common.load_checked(
+        model,
+        params,
+        tensors,
+        state,
+        source=source,
+        description=common.Description(_describe_model(model), _describe_file(state), _EXPECTED),
+        optional_parts=common.optional_vit_parts(state, decoder),
+        unused=[*classifier, *trained_tables],
+        checked=tables.keys(),
         mismatched=mismatched,
-        invalid=invalid,
+        invalid=[problem for key, problem in invalid.items() if key not in trained_tables],
         invalid_title="invalid position tables",
     )
-
-    common.write(model, params, tensors, state)
-    if skip_decoder and decoder_keys:
-        logging.warning(
-            "%s: %d decoder tensors missing (decoder, not in the file): the decoder and the pixel"
-            " heads keep their initial values",
-            common.source_name(source),
-            len(decoder_keys),
-        )
 
 
 def from_eofm(model: Smarties, *, image_size: int = DEFAULT_IMAGE_SIZE) -> dict[str, np.ndarray]:
@@ -155,7 +152,8 @@ def from_eofm(model: Smarties, *, image_size: int = DEFAULT_IMAGE_SIZE) -> dict[
     if image_size % p:
         raise ValueError(f"image size {image_size} is not a multiple of the patch size {p}")
     grid = (image_size // p, image_size // p)
-    state = {key: _sincos_with_cls(grid, width) for key, width in _position_tables(model).items()}
+    tables = _position_tables(model)
+    state = {key: common.sincos_table(grid, width, cls_rows=1) for key, width in tables.items()}
     params = common.model_params(model)
     return state | common.read(params, _tensors(params))
 
@@ -179,7 +177,8 @@ def load_smarties(
       inputs: the model's input sensors ({key: SensorSpec}, one or a pair); default
         `DEFAULT_INPUTS`.
       rngs: initialises what the file lacks (the decoder of an encoder-only file); default seed 0.
-      allow_missing_decoder, image_size: see `to_eofm`.
+      allow_missing_decoder, image_size: see `to_eofm`, which also returns what the file left
+        out (logged here).
     """
     inputs = DEFAULT_INPUTS if inputs is None else inputs
     model = Smarties(cfg, inputs, rngs=rngs if rngs is not None else nnx.Rngs(0))
@@ -231,42 +230,7 @@ def _position_tables(model: Smarties) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checks and error messages
-
-
-def _sincos_with_cls(grid: tuple[int, int], width: int) -> np.ndarray:
-    """[1, 1 + gh * gw, width]: a zero CLS row, then the MAE 2-D sin-cos table."""
-    table = layers.posemb_sincos_2d(*grid, width)
-    return np.concatenate([np.zeros((1, width), np.float32), table])[None]
-
-
-def _check_position_table(
-    key: str, table: np.ndarray, grid: tuple[int, int] | None, source: str | os.PathLike | None
-) -> str | None:
-    """A message if `table` [1, 1 + L, W] is not the sin-cos table of `grid` (None: a square
-    grid), else None. Tables of another grid are not compared."""
-    num_positions = table.shape[1] - 1
-    if grid is None:
-        side = math.isqrt(num_positions)
-        grid, expected = (side, side), "a square grid"
-    else:
-        expected = f"the {grid[0]}x{grid[1]} grid asked for"
-    if grid[0] * grid[1] != num_positions:
-        logging.info(
-            "%s: %s covers %d positions, not %s; its values are not checked",
-            common.source_name(source),
-            key,
-            num_positions,
-            expected,
-        )
-        return None
-    error = float(np.max(np.abs(table - _sincos_with_cls(grid, table.shape[2]))))
-    if not error <= POSEMB_ATOL:
-        return (
-            f"{key}: not the MAE 2-D sin-cos table with a zero CLS row (largest difference"
-            f" {error:.3g} > {POSEMB_ATOL:g}); the file is not a SMARTIES / MAE sin-cos model"
-        )
-    return None
+# Error messages
 
 
 def _describe_model(model: Smarties) -> str:

@@ -24,6 +24,13 @@ heads contiguous, as `layers.Attention` splits each part of its fused [D, 3, D] 
 
 Spatial position tables made for another grid (the 96 px `SpectralGPT.pth` in a 128 px model)
 are interpolated with `spectralgpt.resize_positions`, as progressive training does.
+
+Three kinds of file load: the pretraining MAE (all of the above), its encoder alone (the decoder
+and mask token keep their values, `allow_missing_decoder`) and the official finetuning ViT. That
+classifier holds the encoder with one learned `pos_embed` (1, 4 N, D) in place of the separable
+tables (they keep their values: a joint table has no exact separable form), a `head` and, under
+global pooling, `fc_norm` in place of `norm` (which keeps its values); `pos_embed`, `head` and
+`fc_norm` are not used.
 """
 
 from __future__ import annotations
@@ -63,21 +70,40 @@ _SPECTRALGPT_KEY = re.compile(
     r"(patch_embed\.proj\.|(decoder_)?pos_embed_(spatial|temporal)$|(decoder_)?blocks\.\d+\.attn"
     r"\.[qkv]\.)"
 )
+# The joint position table of the finetuning ViT, which replaces the separable encoder tables.
+_JOINT_TABLE = "pos_embed"
+_ENCODER_TABLES = ("pos_embed_spatial", "pos_embed_temporal")
+_EXPECTED = (
+    "a SpectralGPT state dict: the encoder (patch_embed.proj, a Conv3d; pos_embed_spatial /"
+    " _temporal; blocks.{i} with separate attn.q, attn.k, attn.v; norm), alone, with the decoder"
+    " of the pretraining MAE (decoder_*, mask_token), or as the finetuning ViT (pos_embed in place"
+    " of the separable tables; head, fc_norm)"
+)
 
 
 def to_eofm(
-    state: Mapping[str, Any], model: SpectralGPT, *, source: str | os.PathLike | None = None
-) -> None:
+    state: Mapping[str, Any],
+    model: SpectralGPT,
+    *,
+    source: str | os.PathLike | None = None,
+    allow_missing_decoder: bool = True,
+) -> common.ImportReport:
     """Writes official SpectralGPT weights into `model` in place.
 
-    Everything is checked before anything is written, so on error the model is unchanged.
-    Spatial position tables of another square grid are interpolated to the model's grid.
+    Reads the pretraining MAE, its encoder alone and the finetuning ViT (see the module
+    docstring). Everything is checked before anything is written, so on error the model is
+    unchanged. Spatial position tables of another square grid are interpolated to the model's
+    grid.
 
     Args:
       state: {official key: array or torch tensor}, e.g. from `torch_state.load`.
       model: a built (not abstract) `SpectralGPT`; its config must match the file, except for
         the image size.
       source: the file the state came from, named in messages.
+      allow_missing_decoder: a file without any decoder tensor loads; the decoder and mask token
+        keep their values.
+    Returns:
+      The keys not used and the modules that kept their values, also logged as warnings.
     Raises:
       ConversionError: listing every missing and unexpected key and every shape mismatch.
     """
@@ -85,9 +111,21 @@ def to_eofm(
     params = common.model_params(model)
     common.require_built(params)
     tensors = _tensors(model.cfg, params)
-    resized = _resize_spatial_tables(state, model.cfg, source)
-    common.check_and_write(
-        source, _describe_model(model.cfg), _describe_file(state), model, params, tensors, resized
+    decoder = {t.key for t in tensors if _in_decoder(t)} if allow_missing_decoder else ()
+    parts = common.optional_vit_parts(state, decoder)
+    if _JOINT_TABLE in state:
+        parts["separable position tables"] = _ENCODER_TABLES
+    return common.load_checked(
+        model,
+        params,
+        tensors,
+        _resize_spatial_tables(state, model.cfg, source),
+        source=source,
+        description=common.Description(
+            _describe_model(model.cfg), _describe_file(state), _EXPECTED
+        ),
+        optional_parts=parts,
+        unused=[*common.classifier_keys(state), _JOINT_TABLE],
     )
 
 
@@ -162,6 +200,12 @@ def _official_tensors(
     )
 
 
+def _in_decoder(tensor: Tensor) -> bool:
+    """Whether the tensor is the mask token or in a decoder_* module."""
+    root = str(tensor.path[0])
+    return root == "mask_token" or root.startswith("decoder_")
+
+
 def _tensors(cfg: SpectralGPTConfig, params: Mapping[ParamPath, nnx.Param]) -> list[Tensor]:
     return [t for path, param in params.items() for t in _official_tensors(cfg, path, param.shape)]
 
@@ -212,11 +256,7 @@ def _describe_model(cfg: SpectralGPTConfig) -> str:
 def _describe_file(state: Mapping[str, np.ndarray]) -> str:
     """What the keys and shapes of a state dict say about the model that wrote it."""
     if not any(_SPECTRALGPT_KEY.match(key) for key in state):
-        return (
-            f"{common.foreign_file(state, 'SpectralGPT')}; SpectralGPT files hold"
-            " patch_embed.proj (a Conv3d), pos_embed_spatial / _temporal and blocks with"
-            " separate attn.q, attn.k, attn.v"
-        )
+        return common.foreign_file(state, "SpectralGPT")
     facts = []
     kernel = state.get("patch_embed.proj.weight")
     if kernel is not None and kernel.ndim == 5:

@@ -8,6 +8,8 @@ them.
 from __future__ import annotations
 
 import csv
+import difflib
+import inspect
 import io
 import json
 import os
@@ -20,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from eofm import sensors as sensors_lib
-from eofm.data import raster
+from eofm.data import raster, validity
 from eofm.data.sources import (
     BandFilesItem,
     BandFilesSource,
@@ -198,7 +200,29 @@ class BigEarthNetSource:
     def _array(self, patch_id: str, stem: str) -> np.ndarray:
         if self._packed:
             return self._arrays[f"{patch_id}/{stem}"]
-        return np.load(self.root / "patches" / patch_id / f"{stem}.npy")
+        return np.load(self._array_file(patch_id, stem))
+
+    def _array_file(self, patch_id: str, stem: str) -> Path:
+        return self.root / "patches" / patch_id / f"{stem}.npy"
+
+    def _origin(self, patch_id: str, stem: str) -> str:
+        """Where an array comes from, for messages: its .npy file, or its entry in the archive."""
+        if self._packed:
+            return f"{self.root}[{patch_id}/{stem}]"
+        return os.fspath(self._array_file(patch_id, stem))
+
+    def _stems(self) -> list[str]:
+        """The arrays of a patch that the requested keys read."""
+        return [stem for stem in BIGEARTHNET_ARRAYS if stem.split("_")[0] in self.specs]
+
+    def reads_from(self) -> dict[str, list[str]]:
+        ids = [patch["patch_id"] for patch in self.patches]
+        if self._packed:
+            files = [self.root]
+        else:
+            arrays = [self._array_file(pid, stem) for pid in ids for stem in self._stems()]
+            files = [self.root / "metadata.json", *arrays]
+        return {"files": [os.fspath(f) for f in files], "patches": ids}
 
     def __len__(self) -> int:
         return len(self.patches)
@@ -210,9 +234,7 @@ class BigEarthNetSource:
         if "s2" in self.specs:
             sample["s2"], sample[valid_key("s2")] = self._s2(pid)
         if "s1" in self.specs:
-            s1 = np.moveaxis(self._array(pid, "s1"), 0, -1)
-            check_band_count(s1, self.specs["s1"], where=f"{pid}/s1")
-            sample["s1"], sample[valid_key("s1")] = image_and_mask(s1, None, where=f"{pid}/s1")
+            sample["s1"], sample[valid_key("s1")] = self._s1(pid)
         unknown = [name for name in patch["labels"] if name not in BIGEARTHNET_19_CLASSES]
         if unknown:
             raise ValueError(f"{pid}: labels {unknown} are not BigEarthNet 19-class names")
@@ -221,8 +243,16 @@ class BigEarthNetSource:
         )
         return sample
 
+    def _s1(self, pid: str) -> tuple[np.ndarray, np.ndarray]:
+        s1 = np.moveaxis(self._array(pid, "s1"), 0, -1)
+        spec, origin = self.specs["s1"], self._origin(pid, "s1")
+        check_band_count(s1, spec, where=origin)
+        image, valid = image_and_mask(s1, None, where=origin)
+        validity.mask_out_of_range(image, valid, spec, key="s1", where=origin)
+        return image, valid
+
     def _s2(self, pid: str) -> tuple[np.ndarray, np.ndarray]:
-        bands = {}
+        bands, origins = {}, {}
         for stem in ("s2_10m", "s2_20m", "s2_60m"):
             arr = np.moveaxis(self._array(pid, stem), 0, -1)
             names = BIGEARTHNET_ARRAYS[stem]
@@ -236,10 +266,13 @@ class BigEarthNetSource:
             )
             for c, name in enumerate(names):
                 bands[name] = (up[..., c], up_valid[..., c])
-        order = self.specs["s2"].bands
-        image = np.stack([bands[b][0] for b in order], -1)
-        valid = np.stack([bands[b][1] for b in order], -1)
+                origins[name] = self._origin(pid, stem)
+        spec = self.specs["s2"]
+        image = np.stack([bands[b][0] for b in spec.bands], -1)
+        valid = np.stack([bands[b][1] for b in spec.bands], -1)
         image[~valid] = 0.0
+        where = [origins[b] for b in spec.bands]
+        validity.mask_out_of_range(image, valid, spec, key="s2", where=where)
         return image, valid
 
     def __repr__(self) -> str:
@@ -433,6 +466,13 @@ class MaskedRasterSource:
             )
         sample["mask"] = mask
         return sample
+
+    def reads_from(self) -> dict[str, list[str]]:
+        files = []
+        for images, masks in zip(self.images, self.mask_files):
+            files += [f for source in images.values() for f in source.reads_from()["files"]]
+            files += masks
+        return {"files": files}
 
     def __repr__(self) -> str:
         return f"MaskedRasterSource({len(self)} examples, {self.specs}, {self.label_names})"
@@ -649,6 +689,9 @@ class ImageFileSource:
             sample["label"] = np.asarray(self.labels[index])
         return sample
 
+    def reads_from(self) -> dict[str, list[str]]:
+        return {"files": list(self.files)}
+
     def __repr__(self) -> str:
         return f"ImageFileSource({len(self)} files, {self.specs[self.key]})"
 
@@ -708,18 +751,57 @@ CITATIONS = {
 }
 
 
-def make_source(name: str, **kwargs) -> Any:
-    """Builds a registered source by name ("arrayrecord" and "tfds" included)."""
+def _factory(name: str) -> Callable[..., Any]:
+    """The function or class that builds source `name`."""
     if name == "tfds":
         from eofm.data import tfds_source  # Local: tensorflow-datasets is an optional extra.
 
-        return tfds_source.TfdsSource(**kwargs)
+        return tfds_source.TfdsSource
     if name == "arrayrecord":
         from eofm.data import arrayrecord
 
-        return arrayrecord.ArrayRecordSource(**kwargs)
+        return arrayrecord.ArrayRecordSource
     if name not in SOURCES:
         raise ValueError(
             f"unknown source {name!r}; expected one of {sorted([*SOURCES, 'arrayrecord', 'tfds'])}"
         )
-    return SOURCES[name](**kwargs)
+    return SOURCES[name]
+
+
+def check_source_args(name: str, args: Mapping[str, Any]) -> None:
+    """Checks the keyword arguments of source `name` against its signature; reads no data.
+
+    Raises:
+        ValueError: naming an unknown source (and the known ones), unknown arguments (and the
+            accepted ones) or missing required arguments.
+    """
+    params = inspect.signature(_factory(name)).parameters.values()
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    accepted = [p.name for p in named]
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
+    unknown = [k for k in args if k not in accepted]
+    if unknown and not takes_any:
+        guesses = [
+            f"{close[0]!r} instead of {key!r}"
+            for key in unknown
+            if (close := difflib.get_close_matches(key, accepted, n=1))
+        ]
+        hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+        raise ValueError(
+            f"source {name!r}: unknown argument(s) {', '.join(map(repr, unknown))}{hint};"
+            f" {name} accepts {', '.join(map(repr, accepted))}"
+        )
+    missing = [p.name for p in named if p.default is p.empty and p.name not in args]
+    if missing:
+        raise ValueError(
+            f"source {name!r} needs argument(s) {', '.join(map(repr, missing))};"
+            f" it accepts {', '.join(map(repr, accepted))}"
+        )
+
+
+def make_source(name: str, /, **kwargs) -> Any:
+    """Builds a registered source by name ("arrayrecord" and "tfds" included); the arguments are
+    checked first (`check_source_args`). `name` is positional-only, so that the "name" argument of
+    "tfds" passes through."""
+    check_source_args(name, kwargs)
+    return _factory(name)(**kwargs)

@@ -6,7 +6,12 @@
 
 Both yield samples as described in `eofm.data.spec`: `{key: f32[H, W, C], key_valid: bool[H, W, C],
 "id": str, ...labels}`, and carry `specs: {key: SensorSpec}` saying which band is in which channel.
-Sources hold only paths and small metadata, so they pickle cheaply into grain worker processes.
+Values outside a band's physical range are invalid like nodata (`eofm.data.validity`). Sources hold
+only paths and small metadata, so they pickle cheaply into grain worker processes.
+
+Every source says what it reads with `reads_from()`: a JSON-able dict with the list of "files" (in
+example order) and, where the files alone do not tell, what else selects the examples. Prepared
+data records it (`eofm.data.arrayrecord`) so that it is never reused for other inputs.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from eofm import sensors as sensors_lib
-from eofm.data import raster
+from eofm.data import raster, validity
 from eofm.data.spec import SensorSpec, check_band_count, image_and_mask, valid_key
 
 
@@ -86,10 +91,14 @@ class GeoTiffSource:
         nodata = band_nodata(spec, [file_nodata] * len(spec.bands))
         image, valid = image_and_mask(array, nodata, where=path)
         image[valid] -= self.dn_offset
+        validity.mask_out_of_range(image, valid, spec, key=self.key, where=path)
         sample = {self.key: image, valid_key(self.key): valid, "id": path}
         if self.labels is not None:
             sample["label"] = np.asarray(self.labels[index])
         return sample
+
+    def reads_from(self) -> dict[str, list[str]]:
+        return {"files": list(self.files)}
 
     def __repr__(self) -> str:
         return f"GeoTiffSource({len(self)} files, {self.specs[self.key]})"
@@ -175,11 +184,23 @@ class BandFilesSource:
                 array, band_nodata(spec, list(nodata.values())), where=f"{item.id} ({key})"
             )
             image[valid] -= item.dn_offset.get(key, 0.0)
+            band_files = list(item.files[key].values())  # In the order of spec.bands.
+            validity.mask_out_of_range(image, valid, spec, key=key, where=band_files)
             sample[key] = image
             sample[valid_key(key)] = valid
         if item.label is not None:
             sample["label"] = np.asarray(item.label)
         return sample
+
+    def reads_from(self) -> dict[str, list[str]]:
+        return {
+            "files": [
+                os.fspath(path)
+                for item in self.items
+                for key in self.specs
+                for path in item.files[key].values()
+            ]
+        }
 
     def __repr__(self) -> str:
         return f"BandFilesSource({len(self)} examples, {self.specs}, resampling={self.resampling})"

@@ -355,18 +355,23 @@ def write_stats_json(
     stats: Mapping[str, Mapping[str, Mapping[str, float]]],
     *,
     sensors: Mapping[str, str],
+    out_of_range: Mapping[str, Mapping[str, Mapping[str, int]]] | None = None,
 ) -> None:
     """Writes `{sample_key: {band: {stat: value}}}` to `path` atomically.
 
     Layout:
         {"format": "eofm.band_stats/1",
-         "sensors": {key: {"sensor": <registry sensor name>, "bands": [...], "stats": {band: {...}}}}}
+         "sensors": {key: {"sensor": <registry sensor name>, "bands": [...], "stats": {band: {...}},
+                           "out_of_range": {"pixels": {band: n}, "files": {file: {band: n}}}}}}
 
     Args:
         path: destination; written to `path + ".tmp"` first, then renamed over `path`.
         stats: per sample key (e.g. "s2"), per band, the statistics (e.g. from `result()`); band
             order is preserved in "bands".
         sensors: registry sensor name (e.g. "sentinel2_l2a") of every sample key in `stats`.
+        out_of_range: per sample key, {file: {band: pixels}} of the values outside the physical
+            range of their band (`eofm.data.validity`), which the statistics exclude; written when
+            given, with the total per band.
     """
     missing = [k for k in stats if k not in sensors]
     if missing:
@@ -381,7 +386,19 @@ def write_stats_json(
                 for band, values in bands.items()
             },
         }
+        if out_of_range is not None:
+            doc["sensors"][key]["out_of_range"] = _out_of_range_entry(
+                list(bands), out_of_range.get(key, {})
+            )
     files.write_text_atomic(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+
+
+def _out_of_range_entry(
+    bands: Sequence[str], by_file: Mapping[str, Mapping[str, int]]
+) -> dict[str, dict]:
+    pixels = {band: sum(int(counts.get(band, 0)) for counts in by_file.values()) for band in bands}
+    files = {f: {b: int(n) for b, n in counts.items()} for f, counts in by_file.items()}
+    return {"pixels": pixels, "files": files}
 
 
 def read_stats_json(path: str | os.PathLike) -> dict[str, dict]:

@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from eofm.data import spec as spec_lib
+from eofm.data import validity
 
 _ARRAY_RECORD = "array_record"
 _DEFAULT_LABELS = types.MappingProxyType({"label": "label"})
@@ -48,6 +49,7 @@ class TfdsSource:
     Attributes:
         name: TFDS name, optionally with config and version ("eurosat/all:2.0.0").
         split: TFDS split expression ("train", "train[:80%]", ...).
+        version: version of the prepared dataset that is read ("2.0.0").
         data_dir: TFDS data directory; None is the tfds default.
         specs: sample key -> `SensorSpec` of each image key.
         label_names: sample key -> class names, for labels stored as `ClassLabel` (or a sequence
@@ -85,6 +87,7 @@ class TfdsSource:
         self._label_features = dict(labels)
 
         builder = _prepared_builder(name, split, data_dir)
+        self.version = str(builder.info.version)
         features = builder.info.features
         for key, feature_key in {**self._image_features, **self._label_features}.items():
             if feature_key not in features:
@@ -117,14 +120,17 @@ class TfdsSource:
         sample = {}
         for key, feature_key in self._image_features.items():
             array = np.asarray(example[feature_key])
-            where = self._where(feature_key)
+            where = f"{self._where(feature_key)} example {index}"
             spec_lib.check_band_count(array, self.specs[key], where=where)
-            sample[key], sample[spec_lib.valid_key(key)] = spec_lib.image_and_mask(
-                array, self.nodata, where=where
-            )
+            image, valid = spec_lib.image_and_mask(array, self.nodata, where=where)
+            validity.mask_out_of_range(image, valid, self.specs[key], key=key, where=where)
+            sample[key], sample[spec_lib.valid_key(key)] = image, valid
         for key, feature_key in self._label_features.items():
             sample[key] = np.asarray(example[feature_key])
         return sample
+
+    def reads_from(self) -> dict[str, dict[str, str]]:
+        return {"tfds": {"name": self.name, "split": self.split, "version": self.version}}
 
     def __repr__(self) -> str:
         images = {

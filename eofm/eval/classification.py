@@ -49,12 +49,12 @@ def stratified_split(
     rng = np.random.default_rng(seed)
     if labels.ndim == 2:
         idx = rng.permutation(len(labels))
-        n = max(1, int(round(len(idx) * test_fraction)))
+        n = max(1, round(len(idx) * test_fraction))
         return np.sort(idx[n:]), np.sort(idx[:n])
     train, test = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        n = max(1, int(round(len(idx) * test_fraction)))
+        n = max(1, round(len(idx) * test_fraction))
         test.extend(idx[:n])
         train.extend(idx[n:])
     return np.sort(np.asarray(train)), np.sort(np.asarray(test))
@@ -258,14 +258,15 @@ def _finetune(config, workdir, encoder, spec, train, prep, num_classes, multilab
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Runs the classification evaluation of `config`; writes WORKDIR/report.{json,md} + plots."""
-    workdir = Path(workdir)
     if config.method not in METHODS:
         raise ValueError(f"unknown classification method {config.method!r}; expected {METHODS}")
     start = time.perf_counter()
+    workdir = report.prepare_workdir(workdir, config.encoder)
     train, test, spec, class_names, split = load_splits(config)
     multilabel = train.labels.ndim == 2
     encoder = encoders.load_encoder(config.encoder)
-    encoder.missing_bands(spec)  # an encoder that reads none of the data's bands stops here
+    # An encoder that reads none of the data's bands stops here, before any compute.
+    missing_bands = encoder.zero_filled_bands([(config.data.key, spec)])
     method = config.data.normalization or encoder.normalization
     prep = Preprocess(config.data.key, spec, train, method, encoder.image_size)
     featurize, classify, settings = _fit_classifier(
@@ -289,7 +290,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     result = {
         "task": "multilabel_classification" if multilabel else "classification",
         "method": config.method,
-        "encoder": report.encoder_card(config.encoder, encoder, spec),
+        "encoder": report.encoder_card(encoder, missing_bands),
         "data": {
             "source": config.data.source,
             "sensor": spec.sensor,

@@ -402,10 +402,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     """Trains the dense head of `config`, evaluates clean and corrupted, writes the report."""
     start = time.perf_counter()
     task = dense_task(config)
+    workdir = report.prepare_workdir(workdir, config.encoder)
     keys = task.keys
     train, test, class_names = load_scenes(config)
     num_classes = len(class_names)
     encoder = encoders.load_encoder(config.encoder)
+    # An encoder that reads none of a scene's bands stops here, before any training.
+    missing_bands = encoder.zero_filled_bands((k, s.specs[k]) for s in train + test for k in keys)
     window = encoder.image_size
     stride = max(1, round(window * config.window_stride))
     norm = Normalizers(train, config.data.normalization or encoder.normalization)
@@ -465,7 +468,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
         "method": (
             f"{config.head.kind} head, encoder {'finetuned' if config.fit.finetune else 'frozen'}"
         ),
-        "encoder": report.encoder_card(config.encoder, encoder, test[0].specs[keys[0]]),
+        "encoder": report.encoder_card(encoder, missing_bands),
         "data": {
             "source": config.data.source,
             "keys": list(keys),

@@ -7,7 +7,9 @@ Reference forms:
 
 A checkpoint carries its model's config, input specs, normalisation and native size, so loading an
 encoder reads no pretraining data; a random init takes the input specs its config's source
-declares (no pixel is read).
+declares (no pixel is read). A run is only read: its checkpoints are opened read-only (nothing in
+its workdir is created, moved or written), and of the config stored with them only the model's
+fields are used, never the paths that name the run's data or outputs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +91,44 @@ class Encoder:
         """LLRD layer id of a model parameter path (see `eofm.models.family`)."""
         return self.model.layer_of(path)
 
+    @property
+    def feature_definition(self) -> str:
+        """What the family's `features` returns as pooled features and levels ("" if unstated)."""
+        return getattr(type(self.model), "feature_definition", "")
+
     def missing_bands(self, spec: SensorSpec) -> tuple[str, ...]:
-        """Bands the encoder wanted that `spec` lacks; raises when it can read none of them."""
-        return tuple(self.model.missing_bands(spec))
+        """Bands the encoder was pretrained on that `spec` lacks (read as zeros).
+
+        Raises ValueError naming the encoder, its bands and the data's bands when it cannot read
+        `spec` (no band in common, or a family that needs bands `spec` lacks).
+        """
+        try:
+            return tuple(self.model.missing_bands(spec))
+        except ValueError as e:
+            pretrained = "; ".join(
+                f"{key}: {s.sensor} {list(s.bands)}" for key, s in self.trained_specs.items()
+            )
+            raise ValueError(
+                f"encoder {self.ref} ({self.name}:{self.variant}, pretrained on {pretrained})"
+                f" cannot read {spec.sensor} data with bands {list(spec.bands)}: {e}"
+            ) from e
+
+    def zero_filled_bands(self, inputs: Iterable[tuple[str, SensorSpec]]) -> dict[str, list[str]]:
+        """{data key: the bands the encoder was pretrained on that images of that key lack} for
+        the keys lacking any, each list in the encoder's band order (a key whose images come from
+        several sensors gets the union).
+
+        Args:
+          inputs: (data key, SensorSpec) of every input the evaluation feeds the encoder.
+        Raises:
+          ValueError as `missing_bands`, for the first input the encoder cannot read.
+        """
+        missing: dict[str, set[str]] = {}
+        for key, spec in inputs:
+            missing.setdefault(key, set()).update(self.missing_bands(spec))
+        order = [b for s in self.trained_specs.values() for b in s.bands]
+        rank = lambda band: (order.index(band) if band in order else len(order), band)
+        return {key: sorted(bands, key=rank) for key, bands in missing.items() if bands}
 
     def pooled_fn(self, spec: SensorSpec) -> Callable[[jax.Array], jax.Array]:
         """Jitted frozen pooled features: images f32[B, S, S, C] -> [B, D]."""
@@ -157,8 +194,28 @@ def _random(ref: str) -> Encoder:
     )
 
 
+def _model_config(meta: dict[str, Any]) -> ml_collections.ConfigDict:
+    """What building the model needs of a checkpoint's stored config: its family and model
+    fields, and the native size. The rest of that config (data roots, prepared shards) names paths
+    of the run that wrote it, which evaluation never reads from or writes to."""
+    stored = meta["config"]
+    return ml_collections.ConfigDict(
+        {
+            "model_name": stored["model_name"],
+            "model": stored["model"],
+            "data": {"image_size": meta["image_size"]},
+        }
+    )
+
+
 def _pretrained(ref: str) -> Encoder:
-    ckpt = checkpoint.Checkpointer(Path(ref) / "checkpoints")
+    directory = Path(ref) / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"encoder {ref}: no directory {directory}; an encoder is the workdir of a pretraining"
+            " run or random:CONFIG_FILE[:ARGS]"
+        )
+    ckpt = checkpoint.Checkpointer(directory, read_only=True)
     try:
         _, meta = ckpt.latest_meta()
         if meta.get("format") != loop.CHECKPOINT_FORMAT or "inputs" not in meta:
@@ -167,9 +224,9 @@ def _pretrained(ref: str) -> Encoder:
                 f" (version {meta.get('format', 1)}, this eofm reads {loop.CHECKPOINT_FORMAT})"
             )
         step, weights = ckpt.latest_params()
+        meta = ckpt.meta(step)  # the newest metadata may belong to a checkpoint with bad arrays
     finally:
         ckpt.close()
-    config = ml_collections.ConfigDict(meta["config"])
     specs = inputs.specs_from_json(meta["inputs"])
     return Encoder(
         ref,
@@ -179,11 +236,16 @@ def _pretrained(ref: str) -> Encoder:
         meta["image_size"],
         meta["normalization"]["method"],
         specs,
-        family.model_builder(config, specs),
+        family.model_builder(_model_config(meta), specs),
         weights,
     )
 
 
+def run_directory(ref: str) -> Path | None:
+    """The directory of the pretraining run that encoder `ref` reads (None for a random init)."""
+    return None if ref.startswith("random:") else Path(ref)
+
+
 def load_encoder(ref: str) -> Encoder:
     """The encoder `ref` (a pretraining workdir or `random:CONFIG[:ARGS]`)."""
-    return _random(ref) if ref.startswith("random:") else _pretrained(ref)
+    return _random(ref) if run_directory(ref) is None else _pretrained(ref)

@@ -1,5 +1,8 @@
 """One results report per evaluation run: report.json, report.md and PNG plots in the workdir.
 
+An evaluation writes only in its own workdir (`prepare_workdir`, before any compute): never in the
+encoder's run, which it only reads.
+
 The JSON holds everything (encoder card, data card, settings, metrics, robustness table); the
 Markdown gives the headline table, the robustness table and links to the plots:
   confusion.png      single-label classification (row-normalised confusion matrix)
@@ -19,22 +22,52 @@ import ml_collections
 import numpy as np
 
 from eofm import files
-from eofm.data.spec import SensorSpec
-from eofm.eval import corruptions, plots, robustness
-from eofm.eval.encoders import Encoder
+from eofm.eval import corruptions, encoders, plots, robustness
+from eofm.train import validate
 
 
-def encoder_card(ref: str, encoder: Encoder, spec: SensorSpec) -> dict[str, Any]:
-    """What was evaluated: reference, family, variant, checkpoint step, input recipe."""
+def prepare_workdir(workdir: str | os.PathLike, encoder_ref: str) -> Path:
+    """The evaluation's workdir, created and proven writable (an error names it), so that a bad
+    one fails before any compute. One that is the encoder's run directory, or lies inside it, is
+    refused: evaluation only reads that run."""
+    workdir, run = Path(workdir), encoders.run_directory(encoder_ref)
+    if run is not None and run.resolve() in (workdir.resolve(), *workdir.resolve().parents):
+        raise ValueError(
+            f"evaluation workdir {workdir} lies in the encoder's run {run}, which evaluation only"
+            " reads; give a --workdir outside it"
+        )
+    validate.check_workdir(workdir)
+    return workdir
+
+
+def encoder_card(encoder: encoders.Encoder, missing_bands: dict[str, list[str]]) -> dict[str, Any]:
+    """What was evaluated: reference, family, variant, checkpoint step, input recipe, the
+    definition of its features and `missing_bands` ({data key: bands zero-filled}, see
+    `Encoder.zero_filled_bands`)."""
     return {
-        "ref": ref,
+        "ref": encoder.ref,
         "model": encoder.name,
         "variant": encoder.variant,
         "checkpoint_step": encoder.step,
         "image_size": encoder.image_size,
         "pretraining_normalization": encoder.normalization,
-        "zero_filled_bands": list(encoder.missing_bands(spec)),
+        "feature_definition": encoder.feature_definition,
+        "missing_bands": missing_bands,
     }
+
+
+def _encoder_notes(card: Mapping[str, Any]) -> list[str]:
+    """Markdown lines on the features read and the bands read as zeros."""
+    notes = []
+    if card["feature_definition"]:
+        notes.append(f"\n**Features**: {card['feature_definition']}\n")
+    if card["missing_bands"]:
+        listed = "; ".join(f"{k}: {', '.join(b)}" for k, b in card["missing_bands"].items())
+        notes.append(
+            f"\n**Zero-filled bands** (the encoder was pretrained on them; the data lack them):"
+            f" {listed}\n"
+        )
+    return notes
 
 
 def corruption_grid(c: ml_collections.ConfigDict) -> list[tuple[str, int]]:
@@ -127,7 +160,11 @@ def write(
         "size": enc["image_size"],
     }
     head.update({k: v for k, v in result["metrics"].items() if isinstance(v, float | list)})
-    md = [f"# {result['task']}: {head['encoder']} on {data['source']}\n", _markdown_table(head)]
+    md = [
+        f"# {result['task']}: {head['encoder']} on {data['source']}\n",
+        _markdown_table(head),
+        *_encoder_notes(enc),
+    ]
     if result.get("robustness"):
         md += [
             "\n## Robustness (REOBench-style corruptions)\n",

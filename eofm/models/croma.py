@@ -17,6 +17,12 @@ Pretraining (`__call__`), with independent 75 % masks of equal size for radar an
                14-channel patches (c, i, j) with norm-pix over all 896 values jointly; optical MSE
                is averaged over optical-masked patches, radar MSE over radar-masked patches.
   total        w_contrastive * L_contrastive + w_mae * (L_opt + L_rad).
+
+Difference from the official pretraining script: its joint encoder hands one bias to both attentions
+of a layer, the X-ALiBi of the kept radar (query) x kept optical (key) positions, so under masking
+the radar self-attention is biased by distances to optical positions its keys do not have. We give
+the self-attention the 2D-ALiBi of the radar tokens' own positions (the evident intent);
+`official_joint_bias=True` reproduces the script. Without masking both are the same.
 """
 
 from __future__ import annotations
@@ -42,7 +48,12 @@ LN_EPS = 1e-5
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CromaConfig:
-    """CROMA hyper-parameters (depths of radar and joint encoders are half the optical depth)."""
+    """CROMA hyper-parameters (depths of radar and joint encoders are half the optical depth).
+
+    `official_joint_bias`: in pretraining, the joint encoder's radar self-attention takes the
+    cross-attention bias (kept radar x kept optical positions), as the official script does;
+    default False: the radar x radar bias of its own tokens (see the module docstring).
+    """
 
     embed_dim: int
     depth: int  # optical encoder depth
@@ -58,6 +69,7 @@ class CromaConfig:
     temperature_init: float = 0.07
     contrastive_weight: float = 1.0
     mae_weight: float = 1.0
+    official_joint_bias: bool = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -189,6 +201,12 @@ class Croma(nnx.Module):
     """
 
     ENCODING_PARAMS = ("optical/", "optical_gap/")
+    feature_definition: str = (
+        "`pooled`: the optical encoder's GAP-FFN head on its final-LayerNorm tokens (the official"
+        " `optical_GAP`). `levels`: the optical encoder's tapped blocks on the 8-pixel patch grid;"
+        " the last block's tap includes the final LayerNorm (the official `optical_encodings`),"
+        " earlier taps are the raw residual stream."
+    )
 
     def __init__(self, cfg: CromaConfig, inputs: Mapping[str, SensorSpec], *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -235,13 +253,15 @@ class Croma(nnx.Module):
         radar_keep: jax.Array | None = None,
         optical_keep: jax.Array | None = None,
     ) -> jax.Array:
-        """Joint encoder on radar tokens [B, Nr, D] attending to optical tokens [B, No, D]."""
+        """Joint encoder on radar tokens [B, Nr, D] attending to optical tokens [B, No, D]; the
+        keep ids int [B, Nr] / [B, No] give their patch positions (None: every patch in order).
+        """
         h = self.cfg.num_heads
-        self_bias = layers.alibi_2d_bias(grid_hw, h, radar_keep, radar_keep)
-        if radar_keep is None:
-            cross_bias = layers.alibi_2d_bias(grid_hw, h)
+        cross_bias = layers.alibi_2d_bias(grid_hw, h, radar_keep, optical_keep)
+        if self.cfg.official_joint_bias:
+            self_bias = cross_bias
         else:
-            cross_bias = layers.alibi_2d_bias(grid_hw, h, radar_keep, optical_keep)
+            self_bias = layers.alibi_2d_bias(grid_hw, h, radar_keep, radar_keep)
         x = radar
         for layer in self.joint:
             x = layer(x, optical, self_bias, cross_bias)
@@ -275,7 +295,7 @@ class Croma(nnx.Module):
 
     def _optical_bands(self, spec: SensorSpec) -> list[int]:
         optical = next(iter(self.inputs.values()))
-        return family.pick_bands(spec, optical.bands, "CROMA's optical encoder")
+        return family.pick_bands(spec, optical, "CROMA's optical encoder")
 
     def missing_bands(self, spec: SensorSpec) -> tuple[str, ...]:
         self._optical_bands(spec)

@@ -18,6 +18,9 @@ name imports a module kept elsewhere). It provides, in one place:
                   the encoder interface of every downstream task, for images f32[B, S, S, C] of
                   any `SensorSpec` it can read; levels may differ in stride (S / h_i) and width;
                   `taps` picks blocks of a plain transformer stack (None = the family default)
+    feature_definition
+                  str class attribute, one or two sentences: what `pooled` and `levels` are
+                  (which token, which norm, which blocks), as evaluation reports state it
     missing_bands(spec) -> tuple of band names
                   bands the encoder wanted that `spec` lacks (zero-filled); raises ValueError
                   naming them when the encoder cannot read the data at all
@@ -43,6 +46,8 @@ from typing import Any
 
 import jax.numpy as jnp
 import ml_collections
+
+from eofm import sensors
 
 _PROTOCOL = ("Config", "VARIANTS", "DATA_FIELDS", "from_data", "Model")
 
@@ -163,12 +168,40 @@ def block_layer_of(depth: int, embeddings: str, stack: str = "") -> Callable[[st
     return layer_of
 
 
-def pick_bands(spec, bands: Sequence[str], who: str) -> list[int]:
-    """Channel indices of `bands` in `spec`; an error names the bands the data lack."""
-    absent = [b for b in bands if b not in spec.bands]
+def same_band(a: sensors.Band, b: sensors.Band) -> bool:
+    """Whether registry bands `a` and `b` measure the same thing: the same name and overlapping
+    wavelength ranges (SAR: the same wavelength). A name alone is ambiguous across sensors:
+    Landsat-8 B10 is thermal, Sentinel-2 B10 cirrus; Landsat-5 B1 is blue, Landsat-8 B1 aerosol."""
+    if a.name.lower() != b.name.lower():
+        return False
+    ra, rb = a.wavelength_range_nm, b.wavelength_range_nm
+    if ra is None or rb is None:
+        return ra is rb
+    return ra[0] <= rb[1] and rb[0] <= ra[1]
+
+
+def band_indices(spec, wanted) -> list[int | None]:
+    """For each band of SensorSpec `wanted` (what a model was trained on), its channel in images
+    of SensorSpec `spec`, or None when the data lack it (see `same_band`)."""
+    have = [spec.sensor_info.band(b) for b in spec.bands]
+    found = []
+    for name in wanted.bands:
+        band = wanted.sensor_info.band(name)
+        found.append(next((i for i, h in enumerate(have) if same_band(band, h)), None))
+    return found
+
+
+def pick_bands(spec, wanted, who: str) -> list[int]:
+    """Channel indices of the bands of SensorSpec `wanted` in images of `spec`; an error names the
+    bands the data lack."""
+    index = band_indices(spec, wanted)
+    absent = [b for b, i in zip(wanted.bands, index) if i is None]
     if absent:
-        raise ValueError(f"{who} needs bands {absent}, which {spec.sensor} data {spec.bands} lacks")
-    return [spec.bands.index(b) for b in bands]
+        raise ValueError(
+            f"{who} needs {wanted.sensor} bands {absent}, which {spec.sensor} data {spec.bands}"
+            " lack"
+        )
+    return index
 
 
 def token_grids(tokens: Sequence, grid_hw: tuple[int, int], skip: int = 0) -> list:

@@ -186,13 +186,14 @@ def tapped_blocks(
     blocks: Sequence[nnx.Module],
     x: jax.Array,
     taps: Sequence[int],
-    final_norm: Callable[[jax.Array], jax.Array],
+    final_norm: Callable[[jax.Array], jax.Array] | None,
     *block_args,
 ) -> list[jax.Array]:
     """Outputs of blocks `taps` (0-based, any order, repeats allowed), for dense heads.
 
     Runs the blocks up to the deepest tap; the output of the last block of the stack gets
-    `final_norm` (so that tap equals the encoder's output), the others are raw residual streams.
+    `final_norm` (so that tap equals the encoder's output; None: it stays raw), the others are raw
+    residual streams.
     Args: x [B, L, D]; block_args are passed to every block (e.g. an attention bias).
     Returns: one [B, L, D] per tap, in `taps` order.
     """
@@ -204,7 +205,7 @@ def tapped_blocks(
     for i in range(max(taps) + 1):
         x = blocks[i](x, *block_args)
         if i in taps:
-            out[i] = final_norm(x) if i == depth - 1 else x
+            out[i] = final_norm(x) if final_norm is not None and i == depth - 1 else x
     return [out[t] for t in taps]
 
 

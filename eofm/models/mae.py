@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from eofm.data.spec import SensorSpec
-from eofm.models import layers
+from eofm.models import family, layers
 from eofm.models.vit import ViTConfig, ViTEncoder, ViTFeatures, vit_forward_flops
 
 NORM_PIX_EPS = 1e-6
@@ -168,9 +168,15 @@ class MAE(ViTFeatures, nnx.Module):
     """ViT encoder on the kept patches; a light ViT decoder predicts every patch's pixels.
 
     The images of every input sensor are stacked along channels (in `inputs` order) into one
-    C-channel image; as an encoder for other data, bands are matched by name and the ones the data
-    lack are set to 0 after normalisation (the dataset mean).
+    C-channel image; as an encoder for other data, bands are matched by name and wavelength
+    (`family.same_band`) and the ones the data lack are set to 0 after normalisation (the dataset mean).
     """
+
+    feature_definition: str = (
+        "`pooled`: the CLS token after the final LayerNorm. `levels`: the patch tokens of the"
+        " tapped blocks on the patch grid (stride p); the last block's tap includes the final"
+        " LayerNorm (the encoder output), earlier taps are the raw residual stream."
+    )
 
     def __init__(self, cfg: MAEConfig, inputs: Mapping[str, SensorSpec], *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -246,14 +252,22 @@ class MAE(ViTFeatures, nnx.Module):
 
     def _filled(self, spec: SensorSpec) -> tuple[np.ndarray, np.ndarray]:
         """(gather index, presence) of the encoder's channels in images of `spec`."""
-        index = np.asarray([spec.bands.index(b) if b in spec.bands else -1 for b in self.bands])
+        index = np.asarray(
+            [
+                -1 if i is None else i
+                for trained in self.inputs.values()
+                for i in family.band_indices(spec, trained)
+            ]
+        )
         return np.maximum(index, 0), (index >= 0).astype(np.float32)
 
     def missing_bands(self, spec: SensorSpec) -> tuple[str, ...]:
-        missing = tuple(b for b in self.bands if b not in spec.bands)
+        _, present = self._filled(spec)
+        missing = tuple(b for b, p in zip(self.bands, present) if not p)
         if len(missing) == len(self.bands):
+            trained = "; ".join(f"{s.sensor} {', '.join(s.bands)}" for s in self.inputs.values())
             raise ValueError(
-                f"the MAE reads bands {self.bands}; {spec.sensor} data {spec.bands} have none"
+                f"the MAE reads {trained}; {spec.sensor} data {spec.bands} have none of them"
             )
         return missing
 

@@ -50,7 +50,9 @@ class SmartiesConfig(MAEConfig):
       max_bands: C_max, band slots per token (12).
       mixup_ratio: fraction of M1's positions taken from the first view.
       official_mixup_bug: M2 = unmixed second view, as the official code does.
-      blend: how bands of unseen sensors blend two ranges ("nearer" or "official").
+      blend: how bands of unseen sensors blend two ranges: "nearer" (inverse distance) or
+        "official" (the official configuration: its blended ranges for Landsat-8 B2 and B10, and
+        weights that grow with distance); see `eofm.models.spectral`.
     """
 
     num_ranges: int = spectral.NUM_RANGES
@@ -98,6 +100,12 @@ class View:
 class Smarties(ViTFeatures, nnx.Module):
     """Spectrum-aware ViT encoder + MAE decoder + one pixel head per spectral range."""
 
+    feature_definition: str = (
+        "`pooled`: the CLS token after the final LayerNorm (the official kNN and linear-probe"
+        " feature). `levels`: the patch tokens of the tapped blocks on the patch grid (stride p),"
+        " all before the final LayerNorm, as the official `all_tokens=True` output."
+    )
+
     def __init__(self, cfg: SmartiesConfig, inputs: Mapping[str, SensorSpec], *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.inputs = dict(inputs)
@@ -139,8 +147,9 @@ class Smarties(ViTFeatures, nnx.Module):
     def features(
         self, images: jax.Array, spec: SensorSpec, taps: Sequence[int] | None = None
     ) -> dict[str, Any]:
+        """See `feature_definition`."""
         tokens = self.encoder.embed_patches(images, weights=View.of(spec, self.cfg).weights)
-        return self.vit_features(tokens, images.shape[1:3], taps)
+        return self.vit_features(tokens, images.shape[1:3], taps, final_norm_on_levels=False)
 
     def missing_bands(self, spec: SensorSpec) -> tuple[str, ...]:
         View.of(spec, self.cfg)  # raises when no band has a spectral projection

@@ -1,9 +1,11 @@
 """Spectral ranges of the SMARTIES spectrum-aware tokenizer and the mapping of bands onto them.
 
 SMARTIES embeds every band of a patch on its own with one Linear(p^2 -> D) per spectral range;
-`SPECTRAL_RANGES` lists the 17 ranges that have weights, in weight-file order. This module decides
-which range(s) embed a given registry `Band`: a `BandProjection` is a convex combination of range
-projections, and `projection_matrix` stacks them into a [num_bands, num_ranges] weight matrix.
+`SPECTRAL_RANGES` lists the 17 ranges that have weights, in weight-file order, and
+`OFFICIAL_BLENDED_RANGES` the official configuration's two ranges (17, 18) that blend two of them.
+This module decides which range(s) embed a given registry `Band`: a `BandProjection` is a convex
+combination of range projections, and `projection_matrix` stacks them into a [num_bands,
+num_ranges] weight matrix.
 
 Assignment rules, in order:
 
@@ -14,7 +16,10 @@ Assignment rules, in order:
    blue are treated as RGB (ranges 5, 3, 2): same kind of camera as the RGB pretraining data.
 2. Other SAR bands map by polarization: co-pol to microwave_1 (VV; also HH), cross-pol to
    microwave_2 (VH; also HV). Mapping HH and HV this way is our choice; the model never saw them.
-3. Other optical and thermal bands are placed by their centre wavelength c (nm). If c lies in one or
+3. With blend="official", the bands the official configuration gives a blended range of its own
+   (`OFFICIAL_BLENDED_RANGES`: Landsat-8/9 B2 -> 18 blue_2, B10 -> 17 thermal_infrared_1) blend
+   that range's two sources, weighted by the distances from that range's centre.
+4. Other optical and thermal bands are placed by their centre wavelength c (nm). If c lies in one or
    more ranges [lo, hi], the range whose centre (lo + hi) / 2 is nearest to c is used alone.
    Otherwise c falls in a gap and is blended from the nearest range centre below and the nearest
    above (beyond the ends of the table: the single nearest range). SAR ranges sit at their
@@ -26,7 +31,8 @@ Assignment rules, in order:
      "official"  w_i = d_i / sum_j d_j, the rule of the official code for its blended ranges 17 and
                  18; it favours the farther range (Landsat TIR ~= 0.9998 VV). Use it for parity
                  with the released checkpoints on unseen sensors.
-4. Bands of any other modality, or without a wavelength or polarization, raise ValueError.
+   Under both rules a band centred exactly on a range's centre takes that range alone.
+5. Bands of any other modality, or without a wavelength or polarization, raise ValueError.
 """
 
 from __future__ import annotations
@@ -97,6 +103,25 @@ SPECTRAL_RANGES: tuple[SpectralRange, ...] = (
 )
 NUM_RANGES = len(SPECTRAL_RANGES)
 
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BlendedRange(SpectralRange):
+    """A range of the official configuration without weights of its own: its bands embed as a
+    blend of the `sources` ranges, weighted by the official rule from this range's centre.
+
+    Attributes:
+        sources: indices of the two ranges it blends.
+    """
+
+    sources: tuple[int, int]
+
+
+# The official configuration's blended ranges, both for Landsat-8 bands.
+OFFICIAL_BLENDED_RANGES: tuple[BlendedRange, ...] = (
+    BlendedRange(17, "thermal_infrared_1", "Landsat-8 B10", 10600, 11190, sources=(14, 15)),
+    BlendedRange(18, "blue_2", "Landsat-8 B2", 452, 512, sources=(0, 1)),
+)
+
 # Polarization -> range of SAR bands. HH and HV (never seen in pretraining) follow VV and VH.
 _SAR_RANGES = {"VV": 15, "HH": 15, "VH": 16, "HV": 16}
 
@@ -123,6 +148,11 @@ _PRETRAINED_RANGES: Mapping[str, Mapping[str, int | None]] = {
     "sentinel1_grd": {"VV": 15, "VH": 16},
     "rgb": _RGB_RANGES,
     "naip": _RGB_RANGES,
+}
+_THERMAL_INFRARED_1, _BLUE_2 = OFFICIAL_BLENDED_RANGES
+# Registry bands with an official blended range (used with blend="official").
+_OFFICIAL_BLENDED: Mapping[str, Mapping[str, BlendedRange]] = {
+    "landsat8_oli_tirs": {"B2": _BLUE_2, "B10": _THERMAL_INFRARED_1},
 }
 
 
@@ -164,15 +194,26 @@ def _band_key(band: sensors.Band) -> tuple:
     )
 
 
+def _by_band_key(table: Mapping[str, Mapping[str, object]]) -> dict[tuple, object]:
+    """`_band_key` -> value for the registry bands of a {sensor: {band name: value}} table."""
+    return {
+        _band_key(band): values[band.name]
+        for sensor_name, values in table.items()
+        for band in sensors.get_sensor(sensor_name).bands
+        if band.name in values
+    }
+
+
 @functools.cache
 def _pretrained_bands() -> dict[tuple, int | None]:
     """`_band_key` -> range for the registry bands listed in `_PRETRAINED_RANGES`."""
-    table = {}
-    for sensor_name, ranges in _PRETRAINED_RANGES.items():
-        for band in sensors.get_sensor(sensor_name).bands:
-            if band.name in ranges:
-                table[_band_key(band)] = ranges[band.name]
-    return table
+    return _by_band_key(_PRETRAINED_RANGES)
+
+
+@functools.cache
+def _official_blended_bands() -> dict[tuple, BlendedRange]:
+    """`_band_key` -> official blended range for the registry bands of `_OFFICIAL_BLENDED`."""
+    return _by_band_key(_OFFICIAL_BLENDED)
 
 
 def _check_blend(blend: str) -> None:
@@ -186,15 +227,15 @@ def blend_weights(
     """Weights of `ranges` for a band centred at `center_nm` (nm), by distance to range centres.
 
     "nearer": w_i proportional to 1 / d_i; "official": w_i proportional to d_i, with
-    d_i = |center_nm - centre of range i|. A zero distance gives that range all the weight.
+    d_i = |center_nm - centre of range i|. Under both, a zero distance gives that range all the
+    weight (a single range always takes it all).
     """
     _check_blend(blend)
     distances = [abs(center_nm - SPECTRAL_RANGES[i].center_nm) for i in ranges]
-    if blend == "nearer":
-        if min(distances) == 0:
-            scores = [float(d == 0) for d in distances]
-        else:
-            scores = [1 / d for d in distances]
+    if min(distances) == 0:
+        scores = [float(d == 0) for d in distances]
+    elif blend == "nearer":
+        scores = [1 / d for d in distances]
     else:
         scores = distances
     total = sum(scores)
@@ -227,6 +268,10 @@ def assign_band(band: sensors.Band, *, blend: str = "nearer") -> BandProjection:
         if index is None:
             return BandProjection(band.name, (), ())
         return BandProjection(band.name, (index,), (1.0,))
+    if blend == "official" and key in _official_blended_bands():
+        blended = _official_blended_bands()[key]
+        weights = blend_weights(blended.center_nm, blended.sources, blend)
+        return BandProjection(band.name, blended.sources, weights)
 
     if band.modality == "sar":
         polarization = (band.polarization or "").upper()

@@ -157,10 +157,16 @@ class SpectralGPT(nnx.Module):
     """3-D cube ViT encoder (no CLS) + separable-position decoder for masked cube modelling."""
 
     ENCODING_PARAMS = ("patch_embed/", "pos/", "blocks/", "norm/")
+    feature_definition: str = (
+        "`pooled`: the mean over all cube tokens of the final-LayerNorm encoder output. `levels`:"
+        " the tapped blocks averaged over the 4 spectral groups on the 8-pixel patch grid; the"
+        " last block's tap includes the final LayerNorm, earlier taps are the raw residual stream."
+    )
 
     def __init__(self, cfg: SpectralGPTConfig, inputs: Mapping[str, SensorSpec], *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.inputs = dict(inputs)
+        (self.trained_spec,) = self.inputs.values()
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
         d, dd = cfg.embed_dim, cfg.decoder_dim
         spatial = cfg.grid**2
@@ -221,15 +227,14 @@ class SpectralGPT(nnx.Module):
         return tokens, jnp.mean(tokens, axis=1)
 
     def missing_bands(self, spec: SensorSpec) -> tuple[str, ...]:
-        family.pick_bands(spec, BANDS, "SpectralGPT")
+        family.pick_bands(spec, self.trained_spec, "SpectralGPT")
         return ()
 
     def features(
         self, images: jax.Array, spec: SensorSpec, taps: Sequence[int] | None = None
     ) -> dict[str, Any]:
-        """Mean of the final tokens, and tapped blocks averaged over the spectral groups on the
-        patch grid [B, S/p, S/p, D] (stride p)."""
-        x = images[..., family.pick_bands(spec, BANDS, "SpectralGPT")]
+        """See `feature_definition`; levels are [B, S/p, S/p, D] (stride p)."""
+        x = images[..., family.pick_bands(spec, self.trained_spec, "SpectralGPT")]
         depth, grid = self.cfg.depth, self.cfg.grid
         taps = tuple(taps) if taps else family.default_taps(depth)
         tokens = layers.tapped_blocks(self.blocks, self.embed(x), (*taps, depth - 1), self.norm)

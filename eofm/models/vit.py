@@ -94,10 +94,14 @@ class ViTEncoder(nnx.Module):
             x = block(x)
         return self.norm(x)
 
-    def tapped_tokens(self, x: jax.Array, taps: Sequence[int]) -> list[jax.Array]:
-        """`encode_tokens` stopped at blocks `taps`: one [B, 1 + N, D] per tap (CLS first); see
+    def tapped_tokens(
+        self, x: jax.Array, taps: Sequence[int], *, final_norm: bool = True
+    ) -> list[jax.Array]:
+        """`encode_tokens` stopped at blocks `taps`: one [B, 1 + N, D] per tap (CLS first); a tap
+        of the last block gets the final LN unless `final_norm` is False. See
         `layers.tapped_blocks`."""
-        return layers.tapped_blocks(self.blocks, self._with_cls(x), taps, self.norm)
+        norm = self.norm if final_norm else None
+        return layers.tapped_blocks(self.blocks, self._with_cls(x), taps, norm)
 
     def _with_cls(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.cfg.dtype)
@@ -125,15 +129,26 @@ class ViTFeatures:
         return family.block_layer_of(self.encoder.cfg.depth, embeddings, "encoder/")(path)
 
     def vit_features(
-        self, tokens: jax.Array, image_hw: tuple[int, int], taps: Sequence[int] | None
+        self,
+        tokens: jax.Array,
+        image_hw: tuple[int, int],
+        taps: Sequence[int] | None,
+        *,
+        final_norm_on_levels: bool = True,
     ) -> dict[str, Any]:
-        """Features of embedded patch tokens [B, L, D]: the final CLS [B, D] and the tapped blocks
-        on the patch grid [B, H/p, W/p, D] (stride p; default taps `family.default_taps`)."""
+        """Features of embedded patch tokens [B, L, D]: the final-LN CLS [B, D] and the tapped
+        blocks on the patch grid [B, H/p, W/p, D] (stride p; default taps `family.default_taps`).
+        A tap of the last block includes the final LN (the encoder output) unless
+        `final_norm_on_levels` is False; the other taps are raw residual streams."""
         cfg = self.encoder.cfg
         taps = tuple(taps) if taps else family.default_taps(cfg.depth)
-        out = self.encoder.tapped_tokens(tokens, (*taps, cfg.depth - 1))
+        out = self.encoder.tapped_tokens(
+            tokens, (*taps, cfg.depth - 1), final_norm=final_norm_on_levels
+        )
+        cls = out[-1][:, 0]
+        pooled = cls if final_norm_on_levels else self.encoder.norm(cls)
         grid = (image_hw[0] // cfg.patch_size, image_hw[1] // cfg.patch_size)
-        return {"pooled": out[-1][:, 0], "levels": family.token_grids(out[:-1], grid, skip=1)}
+        return {"pooled": pooled, "levels": family.token_grids(out[:-1], grid, skip=1)}
 
 
 def vit_forward_flops(cfg: ViTConfig, num_tokens: int, num_patches: int | None = None) -> float:

@@ -26,6 +26,10 @@ def training(
     The mesh is a preset (dp, fsdp, fsdp_tp) with optional explicit axis sizes (-1 = the rest) and
     the logical-axis sharding rules (`eofm.parallel.DEFAULT_RULES`).
     `peak_flops` 0 measures a large float32 matmul at start for MFU.
+    `allow_resume_changes`: comma-separated keys (e.g. "batch_size,data.image_size"; "data" covers
+    every data key) that may differ from the checkpoint's config on resume; by default a change of
+    a key that changes the run's numbers (`eofm.train.loop.RESUME_KEYS`) is refused. Steps,
+    optimisation, mesh, checkpointing and logging fields may always change.
     """
     c.batch_size = batch_size
     c.total_steps = total_steps
@@ -49,6 +53,7 @@ def training(
         dict(every_steps=checkpoint_every, keep=3, keep_period=0)
     )
     c.log_every = log_every
+    c.allow_resume_changes = ""
 
 
 def pretraining(c: ml_collections.ConfigDict, *, base_lr: float, batch_size: int = 32) -> None:

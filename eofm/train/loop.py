@@ -1,12 +1,14 @@
 """The training loop shared by pretraining and finetuning.
 
     mesh, abstract state  <- config (sizes, sharding rules) and the workload's model, unallocated
-    state                 <- newest readable checkpoint in WORKDIR, else initialised already sharded
-                             (and warm-started from another run's weights when the workload says so)
+    state                 <- newest readable checkpoint in WORKDIR (its config must agree on
+                             RESUME_KEYS), else initialised already sharded (and warm-started from
+                             another run's weights when the workload says so)
     for step in [start, total):
         batch  <- grain iterator (this process's slice) -> global jax.Arrays on the mesh
         state  <- jitted step(state, batch, fold_in(seed, step))
         check the previous step's loss (one step behind: the host never waits for this step)
+        and whether the last asynchronous save failed (without waiting for one still running)
         log metrics.jsonl / TensorBoard / progress line; save checkpoints (async)
         on SIGTERM: save now, wait for the write, return
 
@@ -15,13 +17,16 @@ data order from the grain iterator state, both restored from the checkpoint, so 
 exactly the losses of an uninterrupted one.
 
 The config gives: seed, batch_size, total_steps, warmup_steps, lr, weight_decay, b1, b2,
-grad_clip_norm, grad_accum_steps, peak_flops, log_every, mesh (preset, axis sizes, rules) and
-checkpoint (every_steps, keep, keep_period); `data.num_workers` when present.
+grad_clip_norm, grad_accum_steps, peak_flops, log_every, mesh (preset, axis sizes, rules),
+checkpoint (every_steps, keep, keep_period) and allow_resume_changes (keys of RESUME_KEYS that a
+resume may change); `data.num_workers` when present.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
 import signal
 import time
@@ -38,12 +43,24 @@ from flax import nnx
 
 from eofm import parallel
 from eofm.data import pipeline
-from eofm.train import checkpoint, optim
+from eofm.train import checkpoint, optim, validate
 from eofm.train import metrics as metrics_lib
 from eofm.train import step as step_lib
 
 # Version of the checkpoint layout: TrainState with `frozen`, and the metadata of `Workload.meta`.
 CHECKPOINT_FORMAT = 2
+
+# Config keys (with every key under them) that change a run's numbers: the batches and their
+# order, the step rngs, the model. Resuming with other values is refused unless
+# `allow_resume_changes` names them; the lr schedule, steps, mesh, checkpointing and logging may
+# change.
+RESUME_KEYS = ("seed", "batch_size", "grad_accum_steps", "model", "data")
+# Keys under RESUME_KEYS that do not change the numbers.
+RESUME_FREE_KEYS = ("data.num_workers", "data.prepared_dir")
+
+
+class ResumeConfigError(ValueError):
+    """The config differs from the checkpoint's on keys that change the run's numbers."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -102,11 +119,13 @@ class Workload:
 
 @dataclasses.dataclass
 class Result:
-    """What `train` returns: the trained model, its step, and the last logged metrics."""
+    """What `train` returns: the trained model, its step, the last logged metrics, and whether
+    SIGTERM stopped the run before `total_steps` (its checkpoint of `step` is then saved)."""
 
     model: nnx.Module
     step: int
     metrics: dict[str, Any]
+    preempted: bool = False
 
 
 @dataclasses.dataclass
@@ -143,17 +162,6 @@ class _Preemption:
 
 
 # ---- set-up ------------------------------------------------------------------------------------
-
-
-def check_workdir(workdir: Path) -> None:
-    """Creates `workdir` and proves it writable, with an error naming it otherwise."""
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / f".write_test_{jax.process_index()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise PermissionError(f"workdir {workdir} is not writable: {e.strerror or e}") from e
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -287,7 +295,7 @@ def restore_model(
 ) -> tuple[int, nnx.Module]:
     """The model of the newest readable checkpoint in `workdir` -> (step, model)."""
     plan = setup(config, workload, make_mesh(config))
-    ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints")
+    ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints", read_only=True)
     try:
         restored = ckpt.restore_latest(plan.abstract_state, None, plan.meta)
     finally:
@@ -296,6 +304,54 @@ def restore_model(
         raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
     step, state = restored
     return step, plan.model(state)
+
+
+def check_resume_config(
+    config: ml_collections.ConfigDict, saved_meta: dict[str, Any], where: Path
+) -> None:
+    """Raises ResumeConfigError naming each key under RESUME_KEYS whose value in `config` differs
+    from the checkpoint's, with both values, unless `config.allow_resume_changes` (comma-separated
+    keys) covers it."""
+    if "config" not in saved_meta:
+        return
+    allowed = [k.strip() for k in config.get("allow_resume_changes", "").split(",") if k.strip()]
+    saved = _flat(saved_meta["config"])
+    current = _flat(json.loads(json.dumps(config.to_dict())))  # tuples as the JSON lists saved
+    changed = [
+        key
+        for key in sorted(saved.keys() | current.keys())
+        if _under(key, RESUME_KEYS)
+        and not _under(key, (*RESUME_FREE_KEYS, *allowed))
+        and saved.get(key) != current.get(key)
+    ]
+    if changed:
+        differences = "; ".join(f"{k}: {_shown(saved, k)} -> {_shown(current, k)}" for k in changed)
+        raise ResumeConfigError(
+            f"cannot resume from {where}: the config changes keys that change the run's numbers:"
+            f" {differences}. Resume with the checkpoint's values, use another --workdir, or"
+            f" accept the change: --config.allow_resume_changes={','.join(changed)}"
+            " (--config.fit.allow_resume_changes=... for the fit of an evaluation)"
+        )
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a.b": value} of a nested dict (lists are values)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _shown(flat: dict[str, Any], key: str) -> str:
+    return repr(flat[key]) if key in flat else "absent"
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether `key` is one of `prefixes` or a key under one ("data.bands" is under "data")."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
 def _check_finite(step: int, metrics: dict[str, Any]) -> None:
@@ -317,8 +373,8 @@ def _check_finite(step: int, metrics: dict[str, Any]) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, workload: Workload) -> Result:
     """Runs (or resumes) training to `config.total_steps`; a finished run returns at once."""
-    workdir = Path(workdir)
-    check_workdir(workdir)
+    validate.check_training_config(config)
+    workdir = validate.check_workdir(workdir)
 
     # Mesh and abstract state.
     mesh = make_mesh(config)
@@ -346,9 +402,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, workload: Work
         keep_period=config.checkpoint.get("keep_period") or None,
     )
     writer = metrics_lib.MetricsWriter(workdir)
-    restored = ckpt.restore_latest(plan.abstract_state, iterator, plan.meta)
+    restored = ckpt.restore_latest(
+        plan.abstract_state,
+        iterator,
+        plan.meta,
+        check=functools.partial(check_resume_config, config),
+    )
     if restored is None:
         start_step = 0
+        writer.truncate_after(0)  # records of a run killed before its first checkpoint
         state = jax.jit(plan.init, out_shardings=plan.state_shardings)()
         if workload.warm_start is not None:
             state = warm_started(state, plan, workload)
@@ -371,6 +433,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, workload: Work
     window_start, window_steps = time.perf_counter(), 0
     run_start, run_steps = time.perf_counter(), 0
     done = start_step
+    preempted = False
     try:
         # Model code that needs the mesh (shard_map collectives, e.g. CROMA's gathered
         # negatives) finds it in this context.
@@ -383,6 +446,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, workload: Work
                 }
                 state, step_metrics = train_step(state, batch, jax.random.fold_in(base_key, step))
                 done = step + 1
+                ckpt.check_for_errors()  # a failed save stops the run now, not at the next one
                 if pending is not None:
                     _check_finite(*pending)
                 pending = (done, step_metrics)
@@ -424,11 +488,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, workload: Work
                         ckpt.save(done, state, iterator, plan.meta, force=True)
                     ckpt.wait()
                     logging.warning("stopped after step %d on SIGTERM; checkpoint saved", done)
+                    preempted = True
                     break
             if pending is not None:
                 _check_finite(*pending)
     finally:
         preemption.restore()
+        iterator.close()
         ckpt.close()
         writer.close()
-    return Result(plan.model(state), done, last)
+    return Result(plan.model(state), done, last, preempted)

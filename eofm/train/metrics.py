@@ -9,6 +9,7 @@ device, which on a CPU is the honest ceiling.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -38,7 +39,8 @@ class MetricsWriter:
     """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard.
 
     Only process 0 writes. On resume, `truncate_after(step)` drops records of steps that the
-    restored checkpoint had not reached (they will be logged again, identically).
+    restored checkpoint had not reached (they will be logged again, identically); a fresh start
+    drops them all (`truncate_after(0)`).
     """
 
     def __init__(self, workdir: str | Path):
@@ -51,13 +53,15 @@ class MetricsWriter:
             self._tb = SummaryWriter(os.fspath(Path(workdir) / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
+        """Keeps the records of steps up to `step` (0: none); a line cut short by a crash or a
+        full disk is dropped with a warning."""
         if not self._active or not self.path.exists():
             return
-        kept = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step
-        ]
+        kept = []
+        for number, line in enumerate(self.path.read_text().splitlines(), start=1):
+            record = _parse_record(line, f"{self.path}:{number}")
+            if record is not None and record["step"] <= step:
+                kept.append(line)
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)
@@ -75,6 +79,17 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _parse_record(line: str, where: str) -> dict[str, Any] | None:
+    """The record of one metrics.jsonl line; None for a blank or torn line."""
+    if not line.strip():
+        return None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        logging.warning("%s is not a whole JSON record (a write cut short): dropped", where)
+        return None
 
 
 def _plain(value: Any) -> Any:

@@ -24,14 +24,18 @@ from eofm.train.loop import WarmStart, Workload
 
 
 def prepared_source(config: ml_collections.ConfigDict, workdir: Path):
-    """The configured source as ArrayRecord (prepared by process 0, reused when present)."""
+    """The configured source as ArrayRecord, prepared by process 0; a directory prepared before is
+    reused (damaged shards rebuilt) only when its fingerprint matches the configured source and
+    its arguments, otherwise `arrayrecord.prepare` raises, naming the difference."""
     directory = Path(config.data.prepared_dir or workdir / "data")
     if jax.process_index() == 0:
-        source = datasets.make_source(config.data.source, **config.data.source_args)
+        args = dict(config.data.source_args)
+        source = datasets.make_source(config.data.source, **args)
         arrayrecord.prepare(
             source,
             directory,
             name=config.data.source,
+            source_args=args,
             citation=datasets.CITATIONS.get(config.data.source, ""),
             log_every=0,
         )
@@ -82,7 +86,7 @@ def input_meta(config: ml_collections.ConfigDict, specs, band_stats) -> dict:
 
 def weights_of_run(workdir: str | Path, prefix: str = "") -> WarmStart:
     """The newest model weights of another run, under `prefix` in this model, all required."""
-    ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints")
+    ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints", read_only=True)
     try:
         step, values = ckpt.latest_params()
     finally:

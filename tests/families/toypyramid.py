@@ -43,10 +43,14 @@ def _merge(grid):
 
 class Model(nnx.Module):
     ENCODING_PARAMS = ("embed/", "stage1/", "merge/", "stage2/", "norm/")
+    feature_definition: str = (
+        "`pooled`: the mean of stage 2's tokens after its LayerNorm. `levels`: stage 1 (stride 4,"
+        " width 16, raw block output) and stage 2 after the LayerNorm (stride 8, width 32)."
+    )
 
     def __init__(self, cfg: Config, inputs, *, rngs: nnx.Rngs):
         self.cfg, self.inputs = cfg, dict(inputs)
-        self.bands = next(iter(self.inputs.values())).bands
+        self.trained_spec = next(iter(self.inputs.values()))
         w1, w2 = cfg.widths
         self.embed = layers.PatchEmbed(STRIDES[0], cfg.in_chans, w1, rngs=rngs)
         self.stage1 = layers.Block(w1, cfg.num_heads, rngs=rngs)
@@ -74,13 +78,15 @@ class Model(nnx.Module):
         return 0.0
 
     def missing_bands(self, spec):
-        family.pick_bands(spec, self.bands, "toypyramid")
+        family.pick_bands(spec, self.trained_spec, "toypyramid")
         return ()
 
     def features(self, images, spec, taps=None):
         if taps:
             raise ValueError("toypyramid has fixed levels, not taps")
-        one, two = self._levels(images[..., family.pick_bands(spec, self.bands, "toypyramid")])
+        one, two = self._levels(
+            images[..., family.pick_bands(spec, self.trained_spec, "toypyramid")]
+        )
         return {"pooled": jnp.mean(two, axis=(1, 2)), "levels": [one, two]}
 
     num_layers = 3

@@ -32,6 +32,12 @@ def from_data(inputs, image_size):
 
 
 class Model(ViTFeatures, nnx.Module):
+    feature_definition: str = (
+        "`pooled`: the CLS token after the final LayerNorm. `levels`: the patch tokens of the"
+        " tapped blocks on the 8-pixel patch grid; the last block's tap includes the final"
+        " LayerNorm, earlier taps are the raw residual stream."
+    )
+
     def __init__(self, cfg: Config, inputs, *, rngs: nnx.Rngs):
         self.cfg, self.inputs = cfg, dict(inputs)
         self.bands = next(iter(self.inputs.values())).bands
