@@ -49,6 +49,7 @@ def check(config, workdir: str) -> None:
             f"config key task = {config.task!r}; allowed: {', '.join(sorted(RUNNERS))}"
         )
     validate.check_workdir(workdir)
+    validate.check_source_args(config.data.source, config.data.source_args)
     if trains_a_head(config):
         if not 0 <= config.fit.warmup_fraction <= 1:
             raise validate.ConfigError(

@@ -214,3 +214,9 @@ def test_sigterm_says_where_the_checkpoint_is_and_logs_stay_quiet(prepared, tmp_
     assert "SIGTERM received" in stderr  # warnings still show
     assert "checkpoint_manager.py" not in stderr  # orbax's INFO logs do not
     assert "leaked shared_memory" not in stderr
+
+
+def test_misspelt_source_argument_of_an_evaluation_is_a_config_error():
+    """finetune/main.py checks the evaluation's `data.source_args` before any compute."""
+    with pytest.raises(validate.ConfigError, match="config key data.source_args: .*'splt'"):
+        validate.check_source_args("eurosat_ms", {"root": "x", "splt": "train"})

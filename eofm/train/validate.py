@@ -77,10 +77,15 @@ def check_training_config(config: ml_collections.ConfigDict, prefix: str = "") -
     if "model" in config:
         _check_dtypes(config.model, f"{prefix}model.")
     if "data" in config and "source_args" in config.data:
-        try:
-            datasets.check_source_args(config.data.source, config.data.source_args)
-        except ValueError as e:
-            raise ConfigError(f"config key {prefix}data.source_args: {e}") from e
+        check_source_args(config.data.source, config.data.source_args, prefix)
+
+
+def check_source_args(source: str, args, prefix: str = "") -> None:
+    """The data source's name and arguments (`data.source`, `data.source_args`), read no data."""
+    try:
+        datasets.check_source_args(source, args)
+    except ValueError as e:
+        raise ConfigError(f"config key {prefix}data.source_args: {e}") from e
 
 
 def _fail(prefix: str, key: str, value: Any, allowed: str, why: str = "") -> NoReturn:
