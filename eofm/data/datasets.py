@@ -27,6 +27,7 @@ from eofm.data.sources import (
     BandFilesItem,
     BandFilesSource,
     GeoTiffSource,
+    ModisSource,
     band_nodata,
     find_band_files,
 )
@@ -727,6 +728,15 @@ def eurosat_rgb(
 
 
 # ---------------------------------------------------------------------------------------------
+# MODIS band stacks (SatVision-TOA inputs)
+
+MODIS_CITATION = (
+    "NASA MODIS Level-1B (MOD021KM) and land surface reflectance (MOD09GA) products, LAADS DAAC /"
+    " LP DAAC; no restrictions on use. Band selection and scaling: Spradlin et al., SatVision-TOA,"
+    " 2024."
+)
+
+# ---------------------------------------------------------------------------------------------
 
 SOURCES: dict[str, Callable[..., Any]] = {
     "eurosat_ms": eurosat_ms,
@@ -737,6 +747,7 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "sen1floods11": sen1floods11,
     "landsat_change": landsat_change,
     "eurosat_rgb": eurosat_rgb,
+    "modis": ModisSource,
 }
 
 
@@ -748,6 +759,7 @@ CITATIONS = {
     "sen1floods11": SEN1FLOODS11_CITATION,
     "landsat_change": LANDSAT_CD_CITATION,
     "eurosat_rgb": EUROSAT_CITATION,
+    "modis": MODIS_CITATION,
 }
 
 

@@ -5,6 +5,12 @@
 - "mean2std_clip":    clip((x - (mean - 2 std)) / (4 std), 0, 1)    (CROMA / SeCo / SatMAE recipe)
 - "minmax_per_image": (x - min) / (max - min + 1e-10), min and max over H x W of this image and band
                       (SpectralGPT pretraining); needs no statistics.
+- "satvision_toa":    the fixed input scaling of SatVision-TOA for MODIS bands; needs no statistics.
+                      Reflective bands become reflectance as a fraction: the release multiplies
+                      percent by 0.01, which here is x * 1 for the "reflectance" unit of
+                      `modis_toa` and x * 1e-4 for the "reflectance_1e4" unit of `modis_land`
+                      (MOD09). Emissive bands (brightness temperature, K) become
+                      (BT - min) / (max - min) with the release's per-band [min, max], not clipped.
 
 Statistics come from a stats JSON (`eofm.data.stats.write_stats_json`, written by
 `scripts/prepare_arrayrecord.py`) and are looked up by band NAME, so a source that yields a band
@@ -15,16 +21,36 @@ Invalid pixels (`<key>_valid` False) are 0 after normalisation ("at the mean" fo
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Mapping
 from typing import Any
 
 import grain
 import numpy as np
 
+from eofm import sensors as sensors_lib
 from eofm.data.spec import SensorSpec, valid_key
 
-METHODS = ("zscore", "percentile_clip", "mean2std_clip", "minmax_per_image")
+METHODS = ("zscore", "percentile_clip", "mean2std_clip", "minmax_per_image", "satvision_toa")
 _MINMAX_EPS = 1e-10
+
+# SatVision-TOA input scaling (Spradlin et al., 2024; specs/models.md section 4.3), by MODIS band.
+SATVISION_TOA_SENSORS = ("modis_toa", "modis_land")
+SATVISION_TOA_REFLECTIVE = ("b01", "b02", "b03", "b06", "b07", "b26")
+SATVISION_TOA_BT_RANGE_K = types.MappingProxyType(
+    {
+        "b21": (223.1222, 352.7182),
+        "b27": (178.9174, 261.2920),
+        "b28": (204.3739, 282.5529),
+        "b29": (204.7677, 319.0373),
+        "b30": (194.8686, 295.0209),
+        "b31": (202.1759, 324.0677),
+        "b32": (201.3823, 321.5254),
+        "b33": (203.3537, 285.9848),
+    }
+)
+# Registry unit of a reflective band -> factor giving reflectance as a fraction.
+_REFLECTANCE_TO_FRACTION = types.MappingProxyType({"reflectance": 1.0, "reflectance_1e4": 1e-4})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +104,9 @@ class Normalize(grain.transforms.Map):
                 raise ValueError(
                     f"normalisation given for {key!r}, but the data has {sorted(specs)}"
                 )
-            if m != "minmax_per_image":
+            if m == "satvision_toa":
+                self._affine[key] = _satvision_toa_affine(key, specs[key])
+            elif m != "minmax_per_image":
                 self._affine[key] = _affine(m, _band_stats(key, specs[key], stats))
                 bad = [
                     b
@@ -114,6 +142,34 @@ class Normalize(grain.transforms.Map):
                 y[~valid] = 0.0
             out[key] = y
         return out
+
+
+def _satvision_toa_affine(key: str, spec: SensorSpec) -> _Affine:
+    """SatVision-TOA scaling of the bands of image `key`, looked up by band name and unit."""
+    if spec.sensor not in SATVISION_TOA_SENSORS:
+        raise ValueError(
+            f"normalisation 'satvision_toa' of {key!r}: sensor {spec.sensor!r} is not one of"
+            f" {SATVISION_TOA_SENSORS}"
+        )
+    offsets, scales = zip(
+        *(_satvision_toa_band(key, spec.sensor, b) for b in spec.sensor_info.bands)
+    )
+    return _Affine(np.array(offsets, np.float32), np.array(scales, np.float32), clip=False)
+
+
+def _satvision_toa_band(key: str, sensor: str, band: sensors_lib.Band) -> tuple[float, float]:
+    """(offset, scale) of one band: reflectance -> fraction, or BT (K) -> (BT - min) / (max - min)."""
+    if band.name in SATVISION_TOA_REFLECTIVE and band.unit in _REFLECTANCE_TO_FRACTION:
+        return 0.0, _REFLECTANCE_TO_FRACTION[band.unit]
+    if band.name in SATVISION_TOA_BT_RANGE_K and band.unit == "brightness_temperature_K":
+        low, high = SATVISION_TOA_BT_RANGE_K[band.name]
+        return low, 1.0 / (high - low)
+    raise ValueError(
+        f"normalisation 'satvision_toa' has no constants for band {band.name} ({band.unit}) of"
+        f" {key!r} ({sensor}); it scales reflective bands {', '.join(SATVISION_TOA_REFLECTIVE)}"
+        f" (units {', '.join(_REFLECTANCE_TO_FRACTION)}) and emissive bands"
+        f" {', '.join(SATVISION_TOA_BT_RANGE_K)} (brightness_temperature_K)"
+    )
 
 
 def _band_stats(key: str, spec: SensorSpec, stats) -> list[Mapping[str, float]]:
