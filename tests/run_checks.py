@@ -1,4 +1,4 @@
-"""Helpers for tests that prove a run stopped early or left a directory alone."""
+"""Helpers for tests that prove a run stopped early, resumed, or left a directory alone."""
 
 from pathlib import Path
 
@@ -14,3 +14,23 @@ def listing(directory: Path) -> dict[str, tuple[int, int, int]]:
         str(p.relative_to(directory)): (p.stat().st_mode, p.stat().st_size, p.stat().st_mtime_ns)
         for p in (directory, *directory.rglob("*"))
     }
+
+
+class CountingSource:
+    """Wraps a source, counts reads and raises at index `fail_at` to simulate a crash."""
+
+    def __init__(self, source, fail_at=None):
+        self.source, self.fail_at, self.reads = source, fail_at, 0
+        self.specs, self.label_names = source.specs, source.label_names
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        if i == self.fail_at:
+            raise RuntimeError(f"simulated crash at {i}")
+        self.reads += 1
+        return self.source[i]
+
+    def reads_from(self):
+        return self.source.reads_from()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from run_checks import CountingSource
 
 from eofm.data import arrayrecord, datasets, stats
 
@@ -85,25 +86,8 @@ def _assert_same_stats(a, b):
                 )
 
 
-class _Counting:
-    """Wraps a source and counts reads; raises at `fail_at` to simulate a crash."""
-
-    def __init__(self, source, fail_at=None):
-        self.source, self.fail_at, self.reads = source, fail_at, 0
-        self.specs, self.label_names = source.specs, source.label_names
-
-    def __len__(self):
-        return len(self.source)
-
-    def __getitem__(self, i):
-        if i == self.fail_at:
-            raise RuntimeError(f"simulated crash at {i}")
-        self.reads += 1
-        return self.source[i]
-
-
 def test_interrupted_preparation_leaves_no_partial_files_and_resumes(ben, tmp_path):
-    crashing = _Counting(ben, fail_at=15)
+    crashing = CountingSource(ben, fail_at=15)
     with pytest.raises(RuntimeError, match="simulated crash"):
         arrayrecord.prepare(crashing, tmp_path, examples_per_shard=10)
     # The first shard is complete under its final name, listed in the journal; no manifest.
@@ -115,7 +99,7 @@ def test_interrupted_preparation_leaves_no_partial_files_and_resumes(ben, tmp_pa
         arrayrecord.ArrayRecordSource(tmp_path)
     # A writer killed mid-shard leaves a temporary file and a truncated shard: both are redone.
     (tmp_path / "data-00001-of-00003.array_record.tmp").write_bytes(b"partial")
-    resumed = _Counting(ben)
+    resumed = CountingSource(ben)
     arrayrecord.prepare(resumed, tmp_path, examples_per_shard=10)
     assert resumed.reads == 14  # The complete first shard was reused, not recomputed.
     assert not list(tmp_path.glob("*.tmp"))
@@ -132,7 +116,7 @@ def test_interrupted_preparation_leaves_no_partial_files_and_resumes(ben, tmp_pa
     # A damaged shard (truncated on disk) is detected and rewritten on the next run.
     shard = tmp_path / "data-00002-of-00003.array_record"
     shard.write_bytes(shard.read_bytes()[:100])
-    again = _Counting(ben)
+    again = CountingSource(ben)
     arrayrecord.prepare(again, tmp_path, examples_per_shard=10)
     assert again.reads == 4
     _assert_same(arrayrecord.ArrayRecordSource(tmp_path)[23], ben[23])
@@ -140,7 +124,7 @@ def test_interrupted_preparation_leaves_no_partial_files_and_resumes(ben, tmp_pa
 
 def test_prepared_directory_is_not_silently_replaced(ben, tmp_path):
     arrayrecord.prepare(ben, tmp_path)
-    again = _Counting(ben)
+    again = CountingSource(ben)
     arrayrecord.prepare(again, tmp_path)
     assert again.reads == 0  # Already complete: nothing to do.
     train = datasets.BigEarthNetSource(split="train")

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from run_checks import listing
 
 from eofm import parallel
 from eofm.train import checkpoint
@@ -110,19 +111,6 @@ def test_checksums_do_not_depend_on_sharding(tmp_path):
     assert set(ckpt.latest_meta()[1]["checksums"]) == {"params/w", "params/b", "step"}
 
 
-def _snapshot(root: Path) -> dict[str, tuple]:
-    """Every path under `root` with its kind, size, mode and modification time."""
-    return {
-        str(p.relative_to(root)): (
-            p.is_dir(),
-            p.lstat().st_size,
-            p.lstat().st_mode,
-            p.lstat().st_mtime_ns,
-        )
-        for p in [root, *root.rglob("*")]
-    }
-
-
 @pytest.fixture
 def read_only_tree(tmp_path):
     """A workdir with checkpoints 1 and 2 (2 truncated), then chmod -R a-w; restored afterwards."""
@@ -143,7 +131,7 @@ def read_only_tree(tmp_path):
 
 def test_read_only_checkpointer_writes_nothing_and_skips_bad_checkpoints(read_only_tree, caplog):
     workdir, states = read_only_tree
-    before = _snapshot(workdir.parent)
+    before = listing(workdir.parent)
 
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", read_only=True)
     step, params = ckpt.latest_params()
@@ -154,7 +142,7 @@ def test_read_only_checkpointer_writes_nothing_and_skips_bad_checkpoints(read_on
     assert step == 1 and meta_step == 1 and restored[0] == 1 and meta["model"] == "t"
     np.testing.assert_array_equal(params["w"], np.asarray(states[1]["params"]["w"]))
     assert "checkpoints/2 is unreadable" in caplog.text and "left in place" in caplog.text
-    assert _snapshot(workdir.parent) == before  # nothing created, moved or touched
+    assert listing(workdir.parent) == before  # nothing created, moved or touched
     with pytest.raises(PermissionError, match="read-only"):
         ckpt.save(3, states[1], _NoIterator(), {})
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from run_checks import CountingSource
 
 from eofm import sensors
 from eofm.data import arrayrecord, datasets, stats, validity
@@ -17,26 +18,6 @@ from eofm.data.sources import GeoTiffSource
 from eofm.data.spec import SensorSpec
 
 FLOAT32_FILL = -3.4e38
-
-
-class _Counting:
-    """Wraps a source, counts reads and can raise at `fail_at` to simulate a crash."""
-
-    def __init__(self, source, fail_at=None):
-        self.source, self.fail_at, self.reads = source, fail_at, 0
-        self.specs, self.label_names = source.specs, source.label_names
-
-    def __len__(self):
-        return len(self.source)
-
-    def __getitem__(self, i):
-        if i == self.fail_at:
-            raise RuntimeError(f"simulated crash at {i}")
-        self.reads += 1
-        return self.source[i]
-
-    def reads_from(self):
-        return self.source.reads_from()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,10 +104,10 @@ def test_float_fill_is_excluded_from_stats_and_reported(float_fill_files, tmp_pa
 def test_out_of_range_report_survives_an_interrupted_preparation(float_fill_files, tmp_path):
     source = _eurosat_files(float_fill_files[::-1])  # The damaged file lands in the first shard.
     with pytest.raises(RuntimeError, match="simulated crash"):
-        arrayrecord.prepare(_Counting(source, fail_at=1), tmp_path, examples_per_shard=1)
+        arrayrecord.prepare(CountingSource(source, fail_at=1), tmp_path, examples_per_shard=1)
     with open(tmp_path / "preparing.jsonl", "a") as journal:
         journal.write('{"file": "data-0')  # A line cut short by a crash.
-    resumed = _Counting(source)
+    resumed = CountingSource(source)
     arrayrecord.prepare(resumed, tmp_path, examples_per_shard=1, log_every=0)
     assert resumed.reads == 1  # The first shard was reused, its report with it.
     doc = json.loads((tmp_path / "stats.json").read_text())["sensors"]["s2"]
@@ -195,7 +176,7 @@ def test_manifest_without_fingerprint_is_refused(ben_train, tmp_path):
 
 def test_interrupted_preparation_of_another_source_is_not_resumed(ben_train, tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
-        arrayrecord.prepare(_Counting(ben_train, fail_at=6), tmp_path, examples_per_shard=5)
+        arrayrecord.prepare(CountingSource(ben_train, fail_at=6), tmp_path, examples_per_shard=5)
     test = datasets.make_source("bigearthnet_s1s2", split="test")
     with pytest.raises(FileExistsError, match="interrupted preparation.*patches"):
         arrayrecord.prepare(test, tmp_path, examples_per_shard=5)
@@ -218,7 +199,7 @@ def test_damaged_shard_is_named_on_read_and_rebuilt_alone(ben_train, tmp_path, c
 
     untouched = {p: p.stat().st_mtime_ns for p in shards if p != damaged}
     stats_before = (tmp_path / "stats.json").read_text()
-    again = _Counting(ben_train)
+    again = CountingSource(ben_train)
     with caplog.at_level(logging.WARNING):
         manifest = arrayrecord.prepare(again, tmp_path, examples_per_shard=3, log_every=0)
     assert again.reads == 3  # Only the damaged shard was read from the source again.
