@@ -221,6 +221,23 @@ def constrain_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
     return jax.lax.with_sharding_constraint(dict(batch), batch_sharding(mesh))
 
 
+def constrain_activations(x: jax.Array) -> jax.Array:
+    """An activation [B, ...] with its leading (batch) dimension split over the data-parallel axes
+    of the mesh being traced under (`jax.set_mesh`, or the train step's), the other dimensions
+    left to the compiler; unchanged outside a mesh or when B does not split evenly.
+
+    Inside deep stacks, without it, the compiler may follow FSDP-sharded weights instead and
+    gather activations to the global batch on every device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+    if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
+        return x
+    spec = PartitionSpec(axes, *[PartitionSpec.UNCONSTRAINED] * (x.ndim - 1))
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

@@ -350,3 +350,22 @@ def test_a_process_that_never_joins_is_a_clear_error_after_the_timeout(tmp_path)
     assert "not all 2 processes joined" in result.stderr
     assert elapsed < 60  # imports + 5 s, well before JAX's own deadline aborts the process
     assert not (tmp_path / "run").exists()
+
+
+def test_activations_keep_the_batch_split_under_a_mesh():
+    mesh = parallel.make_mesh("fsdp")
+    x = jax.device_put(jnp.ones((8, 4, 4, 16)), parallel.batch_sharding(mesh))
+
+    def double(x):
+        return parallel.constrain_activations(2 * x)
+
+    def under_mesh(x):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return double(x)
+
+    text = jax.jit(under_mesh).lower(x).as_text()
+    assert 'sharding_constraint %1 <@mesh, [{"data", "fsdp"}, {?}, {?}, {?}]>' in text
+    assert "sharding_constraint" not in jax.jit(double).lower(x).as_text()  # no mesh: no-op
+    # A batch that does not split over the 8 devices is left alone.
+    odd = jnp.ones((3, 4))
+    assert "sharding_constraint" not in jax.jit(under_mesh).lower(odd).as_text()

@@ -13,7 +13,9 @@ Layouts (torch shape <-> eofm shape):
   "qkv_kernel"  fused Linear weight (3D, D) <-> `layers.Attention` kernel [D, 3, D]; the torch
                 output is [q | k | v] with the heads contiguous inside each part, which is how
                 `layers.Attention` splits its [3, D] output, so kernel = weight.T reshaped,
-  "qkv_bias"    (3D,) <-> [3, D].
+  "qkv_bias"    (3D,) <-> [3, D],
+  "patch_conv"  Conv2d weight (D, C, p, p) <-> `layers.PatchEmbed` kernel [p*p*C, D], whose rows
+                run in `layers.patchify` (row, col, channel) order; the `Tensor` gives the shape.
 A `Tensor` may fill one slice of a Param (a row of a stacked Param, the q of a fused qkv kernel)
 and may be stored reshaped (a Conv kernel that is a Linear on flattened patches, a (1, N, D) table).
 """
@@ -110,10 +112,12 @@ class Tensor:
       key: official name.
       path: path of the eofm Param in `nnx.state(model, nnx.Param)`.
       index: the slice of the Param at `index` along `axis` is the tensor; None for a whole Param.
-      layout: "copy", "linear", "qkv_kernel" or "qkv_bias" (see the module docstring).
+      layout: "copy", "linear", "qkv_kernel", "qkv_bias" or "patch_conv" (see the module
+        docstring).
       axis: the axis of the Param that `index` selects.
       shape: the official shape where the file stores the layout's result reshaped (a Conv
         kernel (D, C, kh, kw) of a Linear on flattened patches); None: that result as it is.
+        Required by "patch_conv".
     """
 
     key: str
@@ -122,6 +126,10 @@ class Tensor:
     layout: str
     axis: int = 0
     shape: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.layout == "patch_conv" and (self.shape is None or len(self.shape) != 4):
+            raise ValueError(f"{self.key}: a patch_conv tensor needs its (D, C, p, p) shape")
 
     def eofm_shape(self, param_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of the part of a Param of shape `param_shape` that the tensor fills."""
@@ -160,19 +168,29 @@ def official_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def to_eofm_layout(layout: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The eofm array of shape `shape` from an official tensor `value` as the file stores it."""
+    if layout == "patch_conv":
+        return value.transpose(2, 3, 1, 0).reshape(shape)  # (D, C, p, p) -> (p, p, C, D)
+    value = value.reshape(official_shape(layout, shape))
     if layout in ("linear", "qkv_kernel"):
         value = value.T
     return value.reshape(shape)
 
 
-def to_official_layout(layout: str, value: np.ndarray) -> np.ndarray:
+def to_official_layout(
+    layout: str, value: np.ndarray, stored_shape: tuple[int, ...] | None
+) -> np.ndarray:
+    """The official tensor of the eofm array `value`, reshaped to `stored_shape` unless None."""
+    if layout == "patch_conv":
+        d, c, kh, kw = stored_shape
+        return value.reshape(kh, kw, c, d).transpose(3, 2, 0, 1)
     if layout == "qkv_kernel":
         value = value.reshape(value.shape[0], -1)
     if layout in ("linear", "qkv_kernel"):
-        return value.T
-    if layout == "qkv_bias":
-        return value.reshape(-1)
-    return value
+        value = value.T
+    elif layout == "qkv_bias":
+        value = value.reshape(-1)
+    return value if stored_shape is None else value.reshape(stored_shape)
 
 
 def model_params(model: nnx.Module) -> dict[ParamPath, nnx.Param]:
@@ -234,7 +252,7 @@ def write(
             continue
         param = params[t.path]
         shape = t.eofm_shape(param.shape)
-        value = np.asarray(state[t.key]).reshape(official_shape(t.layout, shape))
+        value = np.asarray(state[t.key])
         if t.index is None:
             values[t.path] = to_eofm_layout(t.layout, value, shape)
         else:
@@ -256,9 +274,7 @@ def read(params: Mapping[ParamPath, nnx.Param], tensors: Sequence[Tensor]) -> di
     state = {}
     for t in tensors:
         value = arrays[t.path] if t.index is None else arrays[t.path][t.selection()]
-        value = to_official_layout(t.layout, value)
-        if t.shape is not None:
-            value = value.reshape(t.shape)
+        value = to_official_layout(t.layout, value, t.shape)
         state[t.key] = np.array(value, order="C")  # np.ascontiguousarray makes scalars 1-D
     return state
 
@@ -274,6 +290,7 @@ def load_checked(
     optional_parts: Mapping[str, Collection[str]],
     unused: Collection[str] = (),
     checked: Collection[str] = (),
+    missing: Sequence[str] = (),
     mismatched: Sequence[str] = (),
     invalid: Sequence[str] = (),
     invalid_title: str = "invalid values",
@@ -289,12 +306,12 @@ def load_checked(
         part of which the file holds some keys only is reported as missing keys.
       unused: keys of `state` known but not loaded (a classifier's head): reported, no error.
       checked: keys of `state` that the caller checks itself (fixed position tables).
-      mismatched, invalid: the caller's own problems, reported with those found here.
+      missing, mismatched, invalid: the caller's own problems, reported with those found here.
       invalid_title: heading of the `invalid` list.
     """
     absent = [keys for keys in optional_parts.values() if not state.keys() & set(keys)]
     unused = sorted(state.keys() & set(unused), key=natural_order)
-    missing, unexpected, wrong_shapes = check(
+    missing_tensors, unexpected, wrong_shapes = check(
         state,
         tensors,
         params,
@@ -302,7 +319,7 @@ def load_checked(
         also_known={*unused, *checked},
     )
     problems = {
-        "missing": missing,
+        "missing": sorted([*missing_tensors, *missing], key=natural_order),
         "unexpected": unexpected,
         "mismatched": [*wrong_shapes, *mismatched],
         "invalid": list(invalid),

@@ -25,6 +25,8 @@ import numpy as np
 from flax import nnx
 from jax.typing import DTypeLike
 
+from eofm import parallel
+
 LOGICAL_AXES = ("embed", "mlp", "heads", "patch")
 Axis = str | None
 
@@ -44,18 +46,20 @@ def linear(
     axes: tuple[Axis, Axis],
     *,
     use_bias: bool = True,
+    kernel_init: nnx.Initializer = _xavier_uniform,
     dtype: DTypeLike = jnp.float32,
     param_dtype: DTypeLike = jnp.float32,
     rngs: nnx.Rngs,
 ) -> nnx.Linear:
-    """`nnx.Linear` with xavier-uniform kernel, zero bias and logical names `axes` (in, out)."""
+    """`nnx.Linear` with a `kernel_init` (default xavier-uniform) kernel, zero bias and logical
+    names `axes` (in, out)."""
     return nnx.Linear(
         in_features,
         out_features,
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=param_dtype,
-        kernel_init=logical(_xavier_uniform, axes),
+        kernel_init=logical(kernel_init, axes),
         bias_init=logical(_zeros, (axes[1],)),
         rngs=rngs,
     )
@@ -65,13 +69,15 @@ def layer_norm(
     dim: int,
     *,
     eps: float = 1e-6,
+    zero_init: bool = False,
     dtype: DTypeLike = jnp.float32,
     param_dtype: DTypeLike = jnp.float32,
     rngs: nnx.Rngs,
 ) -> nnx.LayerNorm:
     """LayerNorm over the last axis (width `dim`, logical name "embed"); statistics in float32.
 
-    Uses the two-pass variance E[(x - E x)^2], as torch does.
+    Uses the two-pass variance E[(x - E x)^2], as torch does. Scale 1 and bias 0, or both 0 with
+    `zero_init` (a residual branch that starts switched off, as in SwinV2's post-norm).
     """
     return nnx.LayerNorm(
         dim,
@@ -79,25 +85,28 @@ def layer_norm(
         dtype=dtype,
         param_dtype=param_dtype,
         use_fast_variance=False,
-        scale_init=logical(_ones, ("embed",)),
+        scale_init=logical(_zeros if zero_init else _ones, ("embed",)),
         bias_init=logical(_zeros, ("embed",)),
         rngs=rngs,
     )
 
 
 class Mlp(nnx.Module):
-    """Linear(D -> hidden) -> exact (erf) GELU -> Linear(hidden -> D).  [..., D] -> [..., D]."""
+    """Linear(D -> hidden) -> exact (erf) GELU -> Linear(hidden -> D).  [..., D] -> [..., D].
+
+    Kernels from `kernel_init` (default xavier-uniform), zero biases."""
 
     def __init__(
         self,
         dim: int,
         hidden_dim: int,
         *,
+        kernel_init: nnx.Initializer = _xavier_uniform,
         dtype: DTypeLike = jnp.float32,
         param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
+        kw = {"kernel_init": kernel_init, "dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.fc1 = linear(dim, hidden_dim, ("embed", "mlp"), **kw)
         self.fc2 = linear(hidden_dim, dim, ("mlp", "embed"), **kw)
 
@@ -207,6 +216,87 @@ def tapped_blocks(
         if i in taps:
             out[i] = final_norm(x) if final_norm is not None and i == depth - 1 else x
     return [out[t] for t in taps]
+
+
+# ---- Stochastic depth, rematerialisation and scanned stacks ------------------------------------
+
+# Activation rematerialisation of a stack's blocks (`run_stack`): "none" keeps every activation for
+# the backward pass, "dots" keeps only the results of the weight matmuls (no batch dimension) and
+# recomputes the rest (attention scores, norms, GELU), "full" keeps only each block's input.
+REMAT_POLICIES = {
+    "none": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def check_remat(remat: str) -> None:
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat {remat!r} is not one of {sorted(REMAT_POLICIES)}")
+
+
+def drop_path(x: jax.Array, rate: jax.Array | float, rng: jax.Array | None) -> jax.Array:
+    """Stochastic depth of a residual branch x [B, ...]: each example's branch is zeroed with
+    probability `rate` and otherwise scaled by 1 / (1 - rate). Identity when `rng` is None
+    (evaluation). `rate` may be traced (a scanned stack's per-block rate)."""
+    if rng is None:
+        return x
+    keep_prob = 1.0 - jnp.asarray(rate, jnp.float32)
+    keep = jax.random.bernoulli(rng, keep_prob, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, x / keep_prob.astype(x.dtype), jnp.zeros_like(x))
+
+
+def run_stack(
+    blocks: Sequence[nnx.Module],
+    x: jax.Array,
+    block_args: Sequence[tuple],
+    *,
+    remat: str = "none",
+    scan_unit: int = 0,
+) -> jax.Array:
+    """x = blocks[i](x, *block_args[i]) for every block in order, with rematerialisation and an
+    optional scan.
+
+    Args:
+      blocks: modules of one stack; with a scan, blocks i and i + scan_unit must be alike (same
+        graph and parameter shapes).
+      x: the stack's input.
+      block_args: per block, the extra call arguments (arrays, floats or None), alike across
+        scanned units.
+      remat: a `REMAT_POLICIES` name, applied to each block (each scanned unit).
+      scan_unit: k > 0 runs the stack as a `jax.lax.scan` over its len / k units of k consecutive
+        blocks, when k divides the length and there are at least two units; the units' parameters
+        are stacked for the scan (one extra copy of the stack's weights), so checkpoints keep one
+        layout whether or not the stack is scanned. Compile time and program size then no longer
+        grow with the depth.
+    Returns:
+      the output, of x's shape. Under a mesh, each block's output keeps its batch dimension split
+      over the data-parallel axes (`parallel.constrain_activations`).
+    """
+    check_remat(remat)
+    n = len(blocks)
+    k = scan_unit if scan_unit and n % scan_unit == 0 and n >= 2 * scan_unit else 0
+    graphs, states = zip(*(nnx.split(block) for block in blocks))
+
+    def unit_fn(unit_graphs):
+        def unit(x, unit_states, unit_args):
+            for graph, state, a in zip(unit_graphs, unit_states, unit_args):
+                x = parallel.constrain_activations(nnx.merge(graph, state)(x, *a))
+            return x
+
+        policy = REMAT_POLICIES[remat]
+        return unit if remat == "none" else jax.checkpoint(unit, policy=policy)
+
+    if not k:
+        for graph, state, a in zip(graphs, states, block_args):
+            x = unit_fn([graph])(x, [state], [tuple(a)])
+        return x
+    stack = lambda *leaves: jnp.stack([jnp.asarray(leaf) for leaf in leaves])
+    unit_states = [jax.tree.map(stack, *states[j::k]) for j in range(k)]
+    unit_args = [jax.tree.map(stack, *[tuple(a) for a in block_args[j::k]]) for j in range(k)]
+    unit = unit_fn(graphs[:k])
+    x, _ = jax.lax.scan(lambda x, xs: (unit(x, *xs), None), x, (unit_states, unit_args))
+    return x
 
 
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:

@@ -9,10 +9,11 @@ geometry is worked out from the grid at call time, so one set of parameters serv
 whose stage grids tile into windows: a stage whose grid is no larger than the window uses one
 window over the whole grid, unshifted, as the official SwinV2 does.
 
-Numerics follow the official SwinV2 code: residual post-norm (x + LN(attn(x)), x + LN(mlp(x))) with
-both LNs initialised to zero, an extra LN after every `extra_norm_period`-th block of a stage, LN eps
-1e-5, exact GELU, Linear kernels N(0, 0.02) (torch's `trunc_normal_(std=.02)` truncates at +-2
-absolute, i.e. +-100 std, so it is a plain normal), zero biases.
+Numerics follow the official SwinV2 code: residual post-norm (x + LN(attn(x)), x + LN(mlp(x)))
+with both LNs initialised to zero, an extra LN after every `extra_norm_period`-th block of a stage,
+LN eps 1e-5, exact GELU, Linear kernels N(0, 0.02) (torch's `trunc_normal_(std=.02)` truncates at
++-2 absolute, i.e. +-100 std, so it is a plain normal), zero biases. A token of zeros (a patch of
+fill) has no direction: its cosine attention uses x / max(||x||, eps), as torch's F.normalize.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class SwinConfig:
       extra_norm_period: an extra LN follows blocks k * period (1-based) of every stage; 0: none.
       cpb_hidden: hidden width of the continuous position bias MLP.
       ln_eps: LayerNorm epsilon.
+      drop_path_rate: stochastic depth of the last block; block i of n (over all stages) drops
+        its residual branches with rate drop_path_rate * i / (n - 1).
+      remat: rematerialisation of each block (or scanned unit), a `layers.REMAT_POLICIES` name.
+      scan_blocks: run each stage's blocks as a scan over units of `scan_unit` blocks (stages
+        with at least two units); same parameters and results, compile time independent of depth.
       dtype: compute (activation) dtype, e.g. jnp.bfloat16.
       param_dtype: parameter storage dtype.
     """
@@ -66,10 +72,14 @@ class SwinConfig:
     extra_norm_period: int = 0
     cpb_hidden: int = 512
     ln_eps: float = 1e-5
+    drop_path_rate: float = 0.0
+    remat: str = "none"
+    scan_blocks: bool = False
     dtype: DTypeLike = jnp.float32
     param_dtype: DTypeLike = jnp.float32
 
     def __post_init__(self):
+        layers.check_remat(self.remat)
         if len(self.depths) != len(self.num_heads):
             raise ValueError(
                 f"SwinConfig: depths {self.depths} and num_heads {self.num_heads} must have one "
@@ -90,6 +100,17 @@ class SwinConfig:
     def stage_strides(self) -> tuple[int, ...]:
         """Pixel stride of each stage's grid, p * 2^s."""
         return tuple(self.patch_size * 2**s for s in range(len(self.depths)))
+
+    @property
+    def scan_unit(self) -> int:
+        """Blocks per scanned unit: alternate shifts and the extra-norm period repeat after
+        lcm(2, extra_norm_period) blocks."""
+        return math.lcm(2, self.extra_norm_period or 1)
+
+    def drop_path_rates(self) -> list[float]:
+        """Stochastic-depth rate of every block, over all stages in order."""
+        n = sum(self.depths)
+        return [self.drop_path_rate * i / max(n - 1, 1) for i in range(n)]
 
 
 # ---- Window geometry (static numpy, cached) -----------------------------------------------------
@@ -182,7 +203,8 @@ def shift_attention_mask(grid_hw: tuple[int, int], window: int, shift: int) -> n
 def merge_subgrids(x: jax.Array) -> jax.Array:
     """Stacks each 2x2 neighbourhood along channels.  [B, H, W, C] -> [B, H/2, W/2, 4C].
 
-    Channel blocks in the official order: (even row, even col), (odd, even), (even, odd), (odd, odd).
+    Channel blocks in the official order: (even row, even col), (odd, even), (even, odd),
+    (odd, odd).
     """
     h, w = x.shape[1:3]
     if h % 2 or w % 2:
@@ -195,25 +217,13 @@ def merge_subgrids(x: jax.Array) -> jax.Array:
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """x / max(||x||, eps) over the last axis (torch F.normalize), computed in float32."""
+    """x / max(||x||, eps) over the last axis (torch F.normalize), computed in float32.
+
+    The norm is sqrt(max(||x||^2, eps^2)): the same values, and finite gradients (those of torch)
+    for an all-zero x, e.g. the token of a patch of fill pixels, where d sqrt / d 0 is infinite."""
     x32 = x.astype(jnp.float32)
-    norm = jnp.sqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True))
-    return (x32 / jnp.maximum(norm, eps)).astype(x.dtype)
-
-
-def _normal_linear_kernels(module: nnx.Module, rngs: nnx.Rngs) -> None:
-    """Redraws the kernel of every Linear inside `module` from N(0, 0.02), as official SwinV2."""
-    for _, sub in nnx.iter_modules(module):
-        if isinstance(sub, (nnx.Linear, nnx.LinearGeneral)):
-            kernel = sub.kernel.get_value()
-            sub.kernel.set_value(_linear_kernel_init(rngs.params(), kernel.shape, kernel.dtype))
-
-
-def _zero_init_norm(norm: nnx.LayerNorm) -> nnx.LayerNorm:
-    """Sets a LayerNorm's scale and bias to zero (SwinV2 residual post-norm init)."""
-    for param in (norm.scale, norm.bias):
-        param.set_value(jnp.zeros_like(param.get_value()))
-    return norm
+    norm = jnp.sqrt(jnp.maximum(jnp.sum(x32 * x32, axis=-1, keepdims=True), eps * eps))
+    return (x32 / norm).astype(x.dtype)
 
 
 class WindowAttention(nnx.Module):
@@ -249,11 +259,22 @@ class WindowAttention(nnx.Module):
         scale = layers.logical(nnx.initializers.constant(INIT_LOGIT_SCALE), (None,))
         self.logit_scale = nnx.Param(scale(rngs.params(), (num_heads,), param_dtype))
         # The bias MLP is tiny and feeds a sigmoid: it runs in float32 whatever `dtype` is.
-        cpb = {"dtype": jnp.float32, "param_dtype": param_dtype, "rngs": rngs}
+        cpb = {
+            "kernel_init": _linear_kernel_init,
+            "dtype": jnp.float32,
+            "param_dtype": param_dtype,
+            "rngs": rngs,
+        }
         self.cpb_fc1 = layers.linear(2, cpb_hidden, (None, None), **cpb)
         self.cpb_fc2 = layers.linear(cpb_hidden, num_heads, (None, None), use_bias=False, **cpb)
         self.proj = layers.linear(
-            dim, dim, ("heads", "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs
+            dim,
+            dim,
+            ("heads", "embed"),
+            kernel_init=_linear_kernel_init,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
         )
 
     def position_bias(self, window: int) -> jax.Array:
@@ -311,11 +332,10 @@ class SwinBlock(nnx.Module):
         self.window_size = window_size
         self.shift_size = window_size // 2 if shifted else 0
         self.attn = WindowAttention(dim, num_heads, cpb_hidden=cpb_hidden, **kw)
-        self.norm1 = _zero_init_norm(layers.layer_norm(dim, eps=ln_eps, **kw))
-        self.mlp = layers.Mlp(dim, int(dim * mlp_ratio), **kw)
-        self.norm2 = _zero_init_norm(layers.layer_norm(dim, eps=ln_eps, **kw))
+        self.norm1 = layers.layer_norm(dim, eps=ln_eps, zero_init=True, **kw)
+        self.mlp = layers.Mlp(dim, int(dim * mlp_ratio), kernel_init=_linear_kernel_init, **kw)
+        self.norm2 = layers.layer_norm(dim, eps=ln_eps, zero_init=True, **kw)
         self.norm3 = layers.layer_norm(dim, eps=ln_eps, **kw) if extra_norm else None
-        _normal_linear_kernels(self, rngs)
 
     def attend(self, x: jax.Array) -> jax.Array:
         """(Shifted-)window attention over the grid.  [B, H, W, C] -> [B, H, W, C]."""
@@ -327,9 +347,14 @@ class SwinBlock(nnx.Module):
         x = window_reverse(self.attn(window_partition(x, window), window, mask), window, grid)
         return jnp.roll(x, (shift, shift), axis=(1, 2)) if shift else x
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.norm1(self.attend(x))
-        x = x + self.norm2(self.mlp(x))
+    def __call__(
+        self, x: jax.Array, drop_rate: jax.Array | float = 0.0, rng: jax.Array | None = None
+    ) -> jax.Array:
+        """Args: x [B, H, W, C]; drop_rate and rng: stochastic depth of both residual branches
+        (`layers.drop_path`; rng None: none)."""
+        rngs = (None, None) if rng is None else tuple(jax.random.split(rng))
+        x = x + layers.drop_path(self.norm1(self.attend(x)), drop_rate, rngs[0])
+        x = x + layers.drop_path(self.norm2(self.mlp(x)), drop_rate, rngs[1])
         return self.norm3(x) if self.norm3 is not None else x
 
 
@@ -346,9 +371,15 @@ class PatchMerging(nnx.Module):
         rngs: nnx.Rngs,
     ):
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
-        self.reduction = layers.linear(4 * dim, 2 * dim, (None, "embed"), use_bias=False, **kw)
+        self.reduction = layers.linear(
+            4 * dim,
+            2 * dim,
+            (None, "embed"),
+            use_bias=False,
+            kernel_init=_linear_kernel_init,
+            **kw,
+        )
         self.norm = layers.layer_norm(2 * dim, eps=ln_eps, **kw)
-        _normal_linear_kernels(self, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.norm(self.reduction(merge_subgrids(x)))
@@ -360,6 +391,12 @@ class SwinStage(nnx.Module):
 
     def __init__(self, cfg: SwinConfig, stage: int, *, rngs: nnx.Rngs):
         dim, period = cfg.stage_dims[stage], cfg.extra_norm_period
+        self.first_block = sum(cfg.depths[:stage])
+        self.drop_rates = tuple(
+            cfg.drop_path_rates()[self.first_block : self.first_block + cfg.depths[stage]]
+        )
+        self.remat = cfg.remat
+        self.scan_unit = cfg.scan_unit if cfg.scan_blocks else 0
         kw = {"dtype": cfg.dtype, "param_dtype": cfg.param_dtype, "rngs": rngs}
         self.blocks = nnx.List(
             [
@@ -380,11 +417,18 @@ class SwinStage(nnx.Module):
         last = stage == len(cfg.depths) - 1
         self.downsample = None if last else PatchMerging(dim, ln_eps=cfg.ln_eps, **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """The stage's blocks (not the downsampling).  [B, H, W, C] -> [B, H, W, C]."""
-        for block in self.blocks:
-            x = block(x)
-        return x
+    def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        """The stage's blocks (not the downsampling).  [B, H, W, C] -> [B, H, W, C].
+
+        rng: stochastic-depth key of the whole encoder (block i uses fold_in(rng, i)); None: no
+        stochastic depth."""
+        args = [
+            (rate, None if rng is None else jax.random.fold_in(rng, self.first_block + i))
+            for i, rate in enumerate(self.drop_rates)
+        ]
+        return layers.run_stack(
+            list(self.blocks), x, args, remat=self.remat, scan_unit=self.scan_unit
+        )
 
 
 class SwinEncoder(nnx.Module):
@@ -409,18 +453,19 @@ class SwinEncoder(nnx.Module):
         tokens = self.patch_embed(images)
         return self.patch_norm(tokens.reshape(b, h // p, w // p, tokens.shape[-1]))
 
-    def encode(self, x: jax.Array) -> list[jax.Array]:
+    def encode(self, x: jax.Array, rng: jax.Array | None = None) -> list[jax.Array]:
         """Stage outputs of an embedded grid.
 
         Args:
           x: [B, h, w, C] from `embed` (possibly with masked tokens replaced).
+          rng: stochastic-depth key (training); None: deterministic.
         Returns:
           one grid per stage s, [B, h / 2^s, w / 2^s, C * 2^s] (stride p * 2^s), taken after its
           blocks and before its patch merging; the last one has the final LN.
         """
         outputs = []
         for stage in self.stages:
-            x = stage(x)
+            x = stage(x, rng)
             outputs.append(x)
             if stage.downsample is not None:
                 x = stage.downsample(x)

@@ -72,6 +72,7 @@ def data(
     normalization: str,
     image_size: int,
     crop_scale: tuple[float, float],
+    source: str = "bigearthnet_s1s2",
     sensors: tuple[str, ...] = ("s2", "s1"),
     source_args: dict | None = None,
     bands: dict | None = None,
@@ -79,7 +80,7 @@ def data(
     """Data fields: by default the BigEarthNet v2 S1+S2 pairs embedded in eofm."""
     return ml_collections.ConfigDict(
         dict(
-            source="bigearthnet_s1s2",  # eofm.data.datasets.make_source name
+            source=source,  # eofm.data.datasets.make_source name
             source_args=source_args or {},  # keyword arguments of the source
             sensors=sensors,  # image keys fed to the model, in order
             bands=bands or {},  # optional {key: band names} selection (and order)

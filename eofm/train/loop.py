@@ -91,7 +91,8 @@ class Workload:
       make_model: rngs -> nnx.Module.
       loss_fn: (model, batch, rng) -> (loss, metrics) on a batch of `input_keys`.
       make_dataset: (process_index, process_count) -> batched grain MapDataset.
-      input_keys: batch keys passed to the device (others, e.g. string ids, stay on the host).
+      input_keys: batch keys passed to the device when a batch has them (others, e.g. string ids,
+        stay on the host).
       flops_per_example: model FLOPs of one example's forward + backward (for MFU); 0 if unknown.
       trainable: parameter path -> whether it is trained (None: every nnx.Param); the rest of the
         model is passed to the step as a frozen input.
@@ -233,7 +234,10 @@ def setup(config: ml_collections.ConfigDict, workload: Workload, mesh: jax.shard
 
 
 def compile_step(config: ml_collections.ConfigDict, workload: Workload, plan: Setup):
-    """The jitted train step(state, batch, rng) -> (state, metrics) on the run's mesh."""
+    """The jitted train step(state, batch, rng) -> (state, metrics) on the run's mesh.
+
+    The step is traced under the mesh, so that model code can pin activations to it
+    (`parallel.constrain_activations`) wherever it is called from."""
     mesh = plan.mesh
     batch_sharding = parallel.batch_sharding(mesh)
     step = step_lib.make_train_step(
@@ -244,8 +248,13 @@ def compile_step(config: ml_collections.ConfigDict, workload: Workload, plan: Se
         config.get("grad_accum_steps", 1),
         constrain_batch=lambda batch: parallel.constrain_batch(batch, mesh),
     )
+
+    def step_on_mesh(state, batch, rng):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return step(state, batch, rng)
+
     return jax.jit(
-        step,
+        step_on_mesh,
         in_shardings=(plan.state_shardings, batch_sharding, parallel.replicated(mesh)),
         out_shardings=(plan.state_shardings, parallel.replicated(mesh)),
         # Donating the state halves its memory on accelerators, where orbax copies arrays to host
@@ -443,6 +452,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, workload: Work
                 batch = {
                     k: jax.make_array_from_process_local_data(batch_sharding, host_batch[k])
                     for k in workload.input_keys
+                    if k in host_batch
                 }
                 state, step_metrics = train_step(state, batch, jax.random.fold_in(base_key, step))
                 done = step + 1

@@ -43,12 +43,13 @@ def lr_schedule(
     )
 
 
-_NO_DECAY = re.compile(r"(^|/)(bias|scale|[a-z_]*token|pos_embed)(/|$)")
+_NO_DECAY = re.compile(r"(^|/)(bias|scale|[a-z_]*token|pos_embed|cpb_[a-z0-9_]+)(/|$)")
 
 
 def decay_mask(params: Any) -> Any:
     """Weight decay on weight matrices only: not on biases (a fused qkv bias is 2-D), norm scales,
-    learned tokens or position embeddings, nor on any 1-D parameter."""
+    learned tokens, position embeddings or position-bias MLPs (SwinV2's `cpb_*`), nor on any 1-D
+    parameter."""
     return map_paths(
         lambda path, x: getattr(x, "ndim", 0) >= 2 and not _NO_DECAY.search(path), params
     )

@@ -18,6 +18,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from eofm.data import arrayrecord, augment, datasets, inputs, normalize, pipeline, stats
+from eofm.data.spec import valid_key
 from eofm.models import family
 from eofm.train import checkpoint
 from eofm.train.loop import WarmStart, Workload
@@ -113,7 +114,7 @@ def workload(config: ml_collections.ConfigDict, workdir: str | Path, source=None
         make_model=make_model,
         loss_fn=lambda model, batch, rng: model.loss(batch, rng),
         make_dataset=make_pipeline(config, source, specs, band_stats),
-        input_keys=tuple(specs),
+        input_keys=(*specs, *(valid_key(k) for k in specs)),
         flops_per_example=abstract.flops_per_example(config.data.image_size),
         warm_start=(lambda: weights_of_run(init_from)) if init_from else None,
         adapt_param=getattr(module, "adapt_param", None),
