@@ -248,6 +248,34 @@ def _validate_sensor(sensor: Sensor) -> None:
             owner[key] = band.name
 
 
+def covers_by_wavelength(data: Band, slot: Band) -> bool:
+    """Whether band `data` can stand in for band `slot` of another sensor: the same modality
+    (optical, thermal) and either band's centre wavelength within the other's range."""
+    ra, rb = data.wavelength_range_nm, slot.wavelength_range_nm
+    if data.modality != slot.modality or ra is None or rb is None:
+        return False
+    return ra[0] <= slot.center_nm <= ra[1] or rb[0] <= data.center_nm <= rb[1]
+
+
+def wavelength_match(have: Sequence[Band], slots: Sequence[Band]) -> list[int | None]:
+    """For each of `slots` (fixed inputs, e.g. a model's), the index of the band of `have` that
+    stands in for it, or None. A band covers the slots of `covers_by_wavelength` but fills only
+    the one whose centre is nearest its own (Landsat-5's broad thermal B6 fills MODIS band 31,
+    not 32 too); a slot several bands fill takes the one with the nearest centre (Sentinel-2 B8A,
+    not B08, for MODIS band 2). Names are not compared."""
+    distance = lambda a, b: abs(a.center_nm - b.center_nm)
+    filled: dict[int, list[int]] = {}
+    for i, band in enumerate(have):
+        covered = [j for j, slot in enumerate(slots) if covers_by_wavelength(band, slot)]
+        if covered:
+            nearest = min(covered, key=lambda j: distance(band, slots[j]))
+            filled.setdefault(nearest, []).append(i)
+    return [
+        min(filled[j], key=lambda i: distance(have[i], slot)) if j in filled else None
+        for j, slot in enumerate(slots)
+    ]
+
+
 def register_sensor(sensor: Sensor) -> None:
     """Adds `sensor` to the registry under `sensor.name`.
 
@@ -523,6 +551,19 @@ _RGB_BANDS = (
 )
 
 _USGS_LANDSAT = "USGS, Landsat band designations (usgs.gov)."
+
+
+def _as_toa_reflectance(bands: tuple[Band, ...]) -> tuple[Band, ...]:
+    """Level-1 DN bands as top-of-atmosphere reflectance (unit "reflectance", a fraction, no fill
+    value); thermal bands stay brightness temperature."""
+    return tuple(
+        dataclasses.replace(
+            b, unit=b.unit if b.modality == "thermal" else "reflectance", nodata=None
+        )
+        for b in bands
+    )
+
+
 _MODIS_SPECS = "NASA MODIS specifications (modis.gsfc.nasa.gov)."
 
 for _sensor in (
@@ -554,6 +595,20 @@ for _sensor in (
         "landsat7_etm",
         _LANDSAT7_ETM_BANDS,
         "Landsat 7 Enhanced Thematic Mapper Plus, Level-1 DN; B6 as brightness temperature.",
+        _USGS_LANDSAT,
+    ),
+    Sensor(
+        "landsat5_tm_toa",
+        _as_toa_reflectance(_LANDSAT5_TM_BANDS),
+        "Landsat 4-5 Thematic Mapper, Level-1 top-of-atmosphere reflectance (a fraction); B6 as"
+        " brightness temperature.",
+        _USGS_LANDSAT,
+    ),
+    Sensor(
+        "landsat7_etm_toa",
+        _as_toa_reflectance(_LANDSAT7_ETM_BANDS),
+        "Landsat 7 Enhanced Thematic Mapper Plus, Level-1 top-of-atmosphere reflectance (a"
+        " fraction); B6 as brightness temperature.",
         _USGS_LANDSAT,
     ),
     Sensor(

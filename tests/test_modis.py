@@ -169,8 +169,9 @@ def test_satvision_toa_hand_computed_values():
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_satvision_toa_refuses_bands_and_sensors_without_constants():
-    with pytest.raises(ValueError, match=r"no constants for band b04 \(reflectance_1e4\)"):
-        normalize.Normalize({"m": SensorSpec("modis_land", ("b01", "b04"))}, "satvision_toa")
-    with pytest.raises(ValueError, match="sensor 'sentinel2_l1c' is not one of"):
-        normalize.Normalize({"s2": SensorSpec("sentinel2_l1c", ("B04",))}, "satvision_toa")
+def test_satvision_toa_scales_any_mod09_reflectance_band():
+    # b04 (green) fills no SatVision slot but is reflectance x 1e4 like the others.
+    y = normalize.Normalize({"m": SensorSpec("modis_land", ("b01", "b04"))}, "satvision_toa").map(
+        {"m": np.array([[[6504.0, 1200.0]]], np.float32)}
+    )["m"]
+    np.testing.assert_allclose(y, [[[0.6504, 0.12]]], rtol=1e-6)

@@ -41,6 +41,8 @@ EXPECTED_BANDS = {
     "sentinel1_grd": ("VV", "VH"),
     "landsat5_tm": ("B1", "B2", "B3", "B4", "B5", "B6", "B7"),
     "landsat7_etm": ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8"),
+    "landsat5_tm_toa": ("B1", "B2", "B3", "B4", "B5", "B6", "B7"),
+    "landsat7_etm_toa": ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8"),
     "landsat8_oli_tirs": ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11"),
     "landsat9_oli_tirs": ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11"),
     "modis_toa": (

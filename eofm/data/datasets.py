@@ -728,6 +728,139 @@ def eurosat_rgb(
 
 
 # ---------------------------------------------------------------------------------------------
+# UKIS cloud and cloud-shadow masks: Landsat-5, Landsat-7, Sentinel-2 in TOA reflectance
+
+
+CLOUD_SHADOW_CITATION = (
+    "Wieland, Li and Martinis, Multi-sensor cloud and cloud shadow segmentation with a"
+    " convolutional neural network, Remote Sensing of Environment 230, 2019; scenes of the tests"
+    " of github.com/dlr-eoc/ukis-csmask. Licence: Apache-2.0 (repository); Landsat imagery USGS,"
+    " public domain; contains modified Copernicus Sentinel data."
+)
+CLOUD_SHADOW_CLASSES = ("clear", "cloud", "cloud_shadow")
+# Reference value -> class index: 0 cloud shadow, 1, 2, 3 clear sub-classes, 4 cloud.
+CLOUD_SHADOW_RECLASS = (2, 0, 0, 0, 1)
+# Scene (file stem) -> what its 6 channels are: [blue, green, red, NIR, SWIR 1.6, SWIR 2.2]. The
+# NIR of Sentinel-2 is B08 (ukis-csmask's "nir", the STAC common name), not B8A.
+CLOUD_SHADOW_SCENES = {
+    "landsat5": SensorSpec("landsat5_tm_toa", ("B1", "B2", "B3", "B4", "B5", "B7")),
+    "landsat7": SensorSpec("landsat7_etm_toa", ("B1", "B2", "B3", "B4", "B5", "B7")),
+    "sentinel2": SensorSpec("sentinel2_l1c", ("B02", "B03", "B04", "B08", "B11", "B12")),
+}
+CLOUD_SHADOW_TILES = ("train", "test")
+# Registry reflectance unit -> factor from reflectance as a fraction (what the files store).
+_FRACTION_TO_UNIT = {"reflectance": 1.0, "reflectance_1e4": 1e4}
+
+
+class CloudShadowSource:
+    """UKIS cloud / cloud-shadow scenes (Wieland et al. 2019), each cut into a train and a test
+    tile of full-width rows with a gap between them.
+
+    Files `root/<scene>_img.tif` (512 x 512 x 6 float32, top-of-atmosphere reflectance as a
+    fraction, bands blue, green, red, NIR, SWIR 1.6, SWIR 2.2; not georeferenced) and
+    `root/<scene>_msk.png` (uint8: 0 cloud shadow, 1-3 clear, 4 cloud) for the scenes of
+    `CLOUD_SHADOW_SCENES`. Each scene's bands are named by its sensor: Landsat-5 TM and Landsat-7
+    ETM+ B1-B5, B7 in the registry sensors `landsat5_tm_toa` / `landsat7_etm_toa` (unit
+    "reflectance", as stored), Sentinel-2 L1C B02, B03, B04, B08, B11, B12 in the registry's unit
+    for L1C, reflectance x 10_000 (the files' values times 1e4).
+
+    Examples `<scene>:train` (rows 0 to H - test_rows - gap) and `<scene>:test` (the last
+    `test_rows` rows): `{key: f32[h, W, 6], key_valid, "mask": int32[h, W] indexing
+    `CLOUD_SHADOW_CLASSES` (every pixel labelled), "id"}`. The sensor differs by scene: use
+    `spec_of(i)`.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        scenes: Sequence[str] = ("sentinel2",),
+        test_rows: int = 128,
+        gap: int = 64,
+        key: str = "image",
+    ):
+        unknown = [s for s in scenes if s not in CLOUD_SHADOW_SCENES]
+        if unknown or not scenes:
+            raise ValueError(
+                f"cloud_shadow: scenes {list(scenes)}; expected some of {list(CLOUD_SHADOW_SCENES)}"
+            )
+        if test_rows < 1 or gap < 0:
+            raise ValueError(
+                f"cloud_shadow: test_rows {test_rows} must be positive and gap {gap} not negative"
+            )
+        self.root = Path(root)
+        self.items = [(scene, tile) for scene in scenes for tile in CLOUD_SHADOW_TILES]
+        self.ids = [f"{scene}:{tile}" for scene, tile in self.items]
+        self.test_rows, self.gap, self.key = test_rows, gap, key
+        self.label_names = {"mask": list(CLOUD_SHADOW_CLASSES)}
+
+    def spec_of(self, index: int) -> dict[str, SensorSpec]:
+        """Image key -> SensorSpec of example `index`."""
+        return {self.key: CLOUD_SHADOW_SCENES[self.items[index][0]]}
+
+    @property
+    def specs(self) -> dict[str, SensorSpec]:
+        return self.spec_of(0)
+
+    def files(self, scene: str) -> tuple[Path, Path]:
+        """(image, reference mask) of `scene`."""
+        return self.root / f"{scene}_img.tif", self.root / f"{scene}_msk.png"
+
+    def rows(self, tile: str, height: int) -> slice:
+        """The rows of `tile` ("train" or "test") in a scene of `height` rows."""
+        train_end = height - self.test_rows - self.gap
+        if train_end < 1:
+            raise ValueError(
+                f"cloud_shadow: a scene of {height} rows leaves no training rows for test_rows"
+                f" {self.test_rows} and gap {self.gap}"
+            )
+        return slice(0, train_end) if tile == "train" else slice(height - self.test_rows, height)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        scene, tile = self.items[index]
+        spec = CLOUD_SHADOW_SCENES[scene]
+        image_file, mask_file = self.files(scene)
+        array, file_nodata = raster.read_raster(image_file, expected_bands=len(spec.bands))
+        mask = _read_cloud_shadow_mask(mask_file)
+        if mask.shape != array.shape[:2]:
+            raise ValueError(f"{mask_file} is {mask.shape} but {image_file} is {array.shape[:2]}")
+        rows = self.rows(tile, array.shape[0])
+        to_unit = np.array([_FRACTION_TO_UNIT[b.unit] for b in spec.sensor_info.bands], np.float32)
+        nodata = band_nodata(spec, [file_nodata] * len(spec.bands))
+        image, valid = image_and_mask(array[rows] * to_unit, nodata, where=os.fspath(image_file))
+        validity.mask_out_of_range(image, valid, spec, key=self.key, where=os.fspath(image_file))
+        return {
+            self.key: image,
+            valid_key(self.key): valid,
+            "mask": mask[rows],
+            "id": self.ids[index],
+        }
+
+    def reads_from(self) -> dict[str, Any]:
+        scenes = dict.fromkeys(scene for scene, _ in self.items)
+        files = [os.fspath(f) for scene in scenes for f in self.files(scene)]
+        return {"files": files, "test_rows": self.test_rows, "gap": self.gap}
+
+    def __repr__(self) -> str:
+        return f"CloudShadowSource({self.ids} from {self.root})"
+
+
+def _read_cloud_shadow_mask(path: Path) -> np.ndarray:
+    """int32[H, W] class indices of `CLOUD_SHADOW_CLASSES` from a UKIS reference PNG."""
+    values = _read_png(os.fspath(path))
+    unexpected = np.setdiff1d(values, np.arange(len(CLOUD_SHADOW_RECLASS)))
+    if unexpected.size:
+        raise ValueError(
+            f"{path}: reference values {unexpected.tolist()} are not 0 (cloud shadow), 1-3"
+            " (clear) or 4 (cloud)"
+        )
+    return np.asarray(CLOUD_SHADOW_RECLASS, np.int32)[values]
+
+
+# ---------------------------------------------------------------------------------------------
 # MODIS band stacks (SatVision-TOA inputs)
 
 MODIS_CITATION = (
@@ -748,6 +881,7 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "landsat_change": landsat_change,
     "eurosat_rgb": eurosat_rgb,
     "modis": ModisSource,
+    "cloud_shadow": CloudShadowSource,
 }
 
 
@@ -760,6 +894,7 @@ CITATIONS = {
     "landsat_change": LANDSAT_CD_CITATION,
     "eurosat_rgb": EUROSAT_CITATION,
     "modis": MODIS_CITATION,
+    "cloud_shadow": CLOUD_SHADOW_CITATION,
 }
 
 

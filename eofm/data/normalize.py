@@ -5,12 +5,15 @@
 - "mean2std_clip":    clip((x - (mean - 2 std)) / (4 std), 0, 1)    (CROMA / SeCo / SatMAE recipe)
 - "minmax_per_image": (x - min) / (max - min + 1e-10), min and max over H x W of this image and band
                       (SpectralGPT pretraining); needs no statistics.
-- "satvision_toa":    the fixed input scaling of SatVision-TOA for MODIS bands; needs no statistics.
-                      Reflective bands become reflectance as a fraction: the release multiplies
-                      percent by 0.01, which here is x * 1 for the "reflectance" unit of
-                      `modis_toa` and x * 1e-4 for the "reflectance_1e4" unit of `modis_land`
-                      (MOD09). Emissive bands (brightness temperature, K) become
-                      (BT - min) / (max - min) with the release's per-band [min, max], not clipped.
+- "satvision_toa":    the fixed input scaling of SatVision-TOA, for bands of any sensor; needs no
+                      statistics. Reflectance bands become reflectance as a fraction: the release
+                      multiplies percent by 0.01, which here is x * 1 for the "reflectance" unit
+                      (MODIS Level-1B, Landsat 8-9) and x * 1e-4 for "reflectance_1e4" (MOD09,
+                      Sentinel-2). Brightness-temperature bands (K) become (BT - min) / (max - min),
+                      not clipped, with the release's [min, max] of the MODIS emissive band whose
+                      input slot they fill by wavelength (`sensors.wavelength_match`: Landsat-8
+                      B10 and Landsat-5 B6 -> band 31, Landsat-8 B11 -> band 32). Other units
+                      (SAR dB, DN, radiance) are an error.
 
 Statistics come from a stats JSON (`eofm.data.stats.write_stats_json`, written by
 `scripts/prepare_arrayrecord.py`) and are looked up by band NAME, so a source that yields a band
@@ -34,9 +37,8 @@ from eofm.data.spec import SensorSpec, valid_key
 METHODS = ("zscore", "percentile_clip", "mean2std_clip", "minmax_per_image", "satvision_toa")
 _MINMAX_EPS = 1e-10
 
-# SatVision-TOA input scaling (Spradlin et al., 2024; specs/models.md section 4.3), by MODIS band.
-SATVISION_TOA_SENSORS = ("modis_toa", "modis_land")
-SATVISION_TOA_REFLECTIVE = ("b01", "b02", "b03", "b06", "b07", "b26")
+# SatVision-TOA input scaling (Spradlin et al., 2024; specs/models.md section 4.3): [min, max] in
+# K of each MODIS emissive band among its input slots.
 SATVISION_TOA_BT_RANGE_K = types.MappingProxyType(
     {
         "b21": (223.1222, 352.7182),
@@ -49,7 +51,8 @@ SATVISION_TOA_BT_RANGE_K = types.MappingProxyType(
         "b33": (203.3537, 285.9848),
     }
 )
-# Registry unit of a reflective band -> factor giving reflectance as a fraction.
+_SATVISION_TOA_EMISSIVE_SLOTS = SensorSpec("modis_toa", tuple(SATVISION_TOA_BT_RANGE_K))
+# Registry unit of a reflectance band -> factor giving reflectance as a fraction.
 _REFLECTANCE_TO_FRACTION = types.MappingProxyType({"reflectance": 1.0, "reflectance_1e4": 1e-4})
 
 
@@ -145,31 +148,45 @@ class Normalize(grain.transforms.Map):
 
 
 def _satvision_toa_affine(key: str, spec: SensorSpec) -> _Affine:
-    """SatVision-TOA scaling of the bands of image `key`, looked up by band name and unit."""
-    if spec.sensor not in SATVISION_TOA_SENSORS:
-        raise ValueError(
-            f"normalisation 'satvision_toa' of {key!r}: sensor {spec.sensor!r} is not one of"
-            f" {SATVISION_TOA_SENSORS}"
-        )
-    offsets, scales = zip(
-        *(_satvision_toa_band(key, spec.sensor, b) for b in spec.sensor_info.bands)
-    )
+    """SatVision-TOA scaling of the bands of image `key`, looked up by band unit (and, for
+    brightness temperature, by the MODIS emissive slot the band fills)."""
+    offsets, scales = zip(*(_satvision_toa_band(key, spec, b) for b in spec.bands))
     return _Affine(np.array(offsets, np.float32), np.array(scales, np.float32), clip=False)
 
 
-def _satvision_toa_band(key: str, sensor: str, band: sensors_lib.Band) -> tuple[float, float]:
-    """(offset, scale) of one band: reflectance -> fraction, or BT (K) -> (BT - min) / (max - min)."""
-    if band.name in SATVISION_TOA_REFLECTIVE and band.unit in _REFLECTANCE_TO_FRACTION:
+def _satvision_toa_band(key: str, spec: SensorSpec, name: str) -> tuple[float, float]:
+    """(offset, scale) of band `name`: reflectance -> fraction, or BT (K) -> (BT - min) / (max -
+    min) of the MODIS emissive slot it fills."""
+    band = spec.sensor_info.band(name)
+    where = f"normalisation 'satvision_toa' of {key!r} ({spec.sensor}), band {band.name}"
+    if band.unit in _REFLECTANCE_TO_FRACTION:
         return 0.0, _REFLECTANCE_TO_FRACTION[band.unit]
-    if band.name in SATVISION_TOA_BT_RANGE_K and band.unit == "brightness_temperature_K":
-        low, high = SATVISION_TOA_BT_RANGE_K[band.name]
+    if band.unit == "brightness_temperature_K":
+        slot = _emissive_slot(spec, name)
+        if slot is None:
+            ranges = _SATVISION_TOA_EMISSIVE_SLOTS.sensor_info.bands
+            raise ValueError(
+                f"{where} ({band.center_nm:g} nm): fills none of the MODIS emissive slots"
+                f" {', '.join(f'{b.name} {b.center_nm:g} nm' for b in ranges)}, so it has no"
+                " [min, max]"
+            )
+        low, high = SATVISION_TOA_BT_RANGE_K[slot]
         return low, 1.0 / (high - low)
     raise ValueError(
-        f"normalisation 'satvision_toa' has no constants for band {band.name} ({band.unit}) of"
-        f" {key!r} ({sensor}); it scales reflective bands {', '.join(SATVISION_TOA_REFLECTIVE)}"
-        f" (units {', '.join(_REFLECTANCE_TO_FRACTION)}) and emissive bands"
-        f" {', '.join(SATVISION_TOA_BT_RANGE_K)} (brightness_temperature_K)"
+        f"{where}: unit {band.unit} cannot be scaled; allowed units are"
+        f" {', '.join(_REFLECTANCE_TO_FRACTION)} (-> reflectance as a fraction) and"
+        " brightness_temperature_K (-> the min-max of a MODIS emissive slot)"
     )
+
+
+def _emissive_slot(spec: SensorSpec, name: str) -> str | None:
+    """The MODIS emissive band whose slot band `name` of `spec` fills by wavelength, or None."""
+    slots = _SATVISION_TOA_EMISSIVE_SLOTS
+    index = sensors_lib.wavelength_match(
+        [spec.sensor_info.band(name)], [slots.sensor_info.band(b) for b in slots.bands]
+    )
+    filled = [slot for slot, i in zip(slots.bands, index) if i is not None]
+    return filled[0] if filled else None
 
 
 def _band_stats(key: str, spec: SensorSpec, stats) -> list[Mapping[str, float]]:

@@ -191,35 +191,13 @@ def band_indices(spec, wanted) -> list[int | None]:
     return found
 
 
-def covers_by_wavelength(data: sensors.Band, slot: sensors.Band) -> bool:
-    """Whether band `data` can stand in for band `slot` of another sensor: the same modality
-    (optical, thermal) and either band's centre wavelength within the other's range."""
-    ra, rb = data.wavelength_range_nm, slot.wavelength_range_nm
-    if data.modality != slot.modality or ra is None or rb is None:
-        return False
-    return ra[0] <= slot.center_nm <= ra[1] or rb[0] <= data.center_nm <= rb[1]
-
-
 def wavelength_indices(spec, wanted) -> list[int | None]:
     """For each band of SensorSpec `wanted` (a model's fixed input slots), the channel of images
-    of SensorSpec `spec` that stands in for it, or None. A data band covers the slots of
-    `covers_by_wavelength` but fills only the one whose centre is nearest its own (Landsat-5's
-    broad thermal B6 fills MODIS band 31, not 32 too); a slot several bands fill takes the one
-    with the nearest centre (Sentinel-2 B8A, not B08, for MODIS band 2). Unlike `band_indices`,
-    names are not compared, so other sensors map onto the slots (Landsat red onto MODIS band 1)."""
+    of SensorSpec `spec` that stands in for it by wavelength (`sensors.wavelength_match`), or
+    None. Unlike `band_indices`, names are not compared, so other sensors map onto the slots
+    (Landsat red onto MODIS band 1)."""
     have = [spec.sensor_info.band(b) for b in spec.bands]
-    slots = [wanted.sensor_info.band(b) for b in wanted.bands]
-    distance = lambda h, s: abs(h.center_nm - s.center_nm)
-    filled: dict[int, list[int]] = {}
-    for i, band in enumerate(have):
-        covered = [j for j, slot in enumerate(slots) if covers_by_wavelength(band, slot)]
-        if covered:
-            nearest = min(covered, key=lambda j: distance(band, slots[j]))
-            filled.setdefault(nearest, []).append(i)
-    return [
-        min(filled[j], key=lambda i: distance(have[i], slot)) if j in filled else None
-        for j, slot in enumerate(slots)
-    ]
+    return sensors.wavelength_match(have, [wanted.sensor_info.band(b) for b in wanted.bands])
 
 
 def pick_bands(spec, wanted, who: str) -> list[int]:
