@@ -23,8 +23,9 @@ temperature min-max per band). Optimiser: AdamW (0.9, 0.999), weight decay 0.05 
 biases, the position-bias MLP, logit scales and the mask token), base lr 3e-4 x batch / 512 for
 the released sizes; `tiny` uses 2e-3 so that its short CPU runs move.
 
-Expected (tiny, 2 CPU cores, batch 8, 64 px): about 0.3 s per step; the loss (L1 on masked valid
-pixels, scaled units) starts near 0.5 and falls below 0.1 within 100 steps.
+Expected (tiny, 2 CPU cores, batch 8, 64 px): about 0.3 s per step (200 steps in about 1.5
+minutes); the loss (L1 on masked valid pixels, scaled units) starts at 0.60, is near 0.11 by step
+12 and 0.09 by step 100, and ends near 0.08 at step 200.
 """
 
 import ml_collections
