@@ -114,6 +114,31 @@ class Mlp(nnx.Module):
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
+def qkv_projection(
+    dim: int,
+    *,
+    use_bias: bool = True,
+    kernel_init: nnx.Initializer = _xavier_uniform,
+    dtype: DTypeLike = jnp.float32,
+    param_dtype: DTypeLike = jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.LinearGeneral:
+    """The fused q, k, v projection [B, ..., D] -> [B, ..., 3, D]: kernel [D, 3, D] (logical names
+    "embed", None, "heads", so that sharding "heads" splits q, k and v alike), bias [3, D].
+    Under the default xavier-uniform its fan-in is D and fan-out 3D, as a fused torch
+    Linear(D, 3D)."""
+    return nnx.LinearGeneral(
+        dim,
+        (3, dim),
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=logical(kernel_init, ("embed", None, "heads")),
+        bias_init=logical(_zeros, (None, "heads")),
+        rngs=rngs,
+    )
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention.  [B, L, D] -> [B, L, D].
 
@@ -135,16 +160,8 @@ class Attention(nnx.Module):
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        # Fan-in D and fan-out 3D, as a fused torch Linear(D, 3D) under xavier-uniform.
-        self.qkv = nnx.LinearGeneral(
-            dim,
-            (3, dim),
-            use_bias=qkv_bias,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            kernel_init=logical(_xavier_uniform, ("embed", None, "heads")),
-            bias_init=logical(_zeros, (None, "heads")),
-            rngs=rngs,
+        self.qkv = qkv_projection(
+            dim, use_bias=qkv_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
         self.proj = linear(
             dim, dim, ("heads", "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs

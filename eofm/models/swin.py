@@ -244,13 +244,12 @@ class WindowAttention(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.num_heads = num_heads
-        self.qkv = nnx.LinearGeneral(
+        self.qkv = layers.qkv_projection(
             dim,
-            (3, dim),
             use_bias=False,
+            kernel_init=_linear_kernel_init,
             dtype=dtype,
             param_dtype=param_dtype,
-            kernel_init=layers.logical(_linear_kernel_init, ("embed", None, "heads")),
             rngs=rngs,
         )
         zeros = layers.logical(nnx.initializers.zeros_init(), ("heads",))
