@@ -150,6 +150,20 @@ def test_config_picks_one_scene_per_split(finetune_config):
 def test_satvision_upernet_end_to_end_on_sentinel2(finetune_config, tmp_path):
     config = finetune_config("cloud_shadow")
     assert config.encoder == "random:configs/pretrain/satvision.py:tiny"
+    # The tiny encoder with one block per stage: the same four levels, a quarter of the compiling.
+    one_block = tmp_path / "satvision_one_block.py"
+    one_block.write_text(
+        "import importlib.util\n"
+        "spec = importlib.util.spec_from_file_location("
+        f"'satvision_config', {str(Path('configs/pretrain/satvision.py').resolve())!r})\n"
+        "base = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(base)\n"
+        "def get_config(arg='tiny'):\n"
+        "    config = base.get_config(arg)\n"
+        "    config.model.depths = (1, 1, 1, 1)\n"
+        "    return config\n"
+    )
+    config.encoder = f"random:{one_block}"
     config.fit.update(total_steps=2, log_every=1, batch_size=8)
     config.head.channels = 16
     config.window_stride = 1.0  # 2 x 8 windows of the test tile, one inference batch
