@@ -1,7 +1,9 @@
-"""Helpers shared by the checkpoint-import tests."""
+"""Helpers shared by the tests of model parameters: checkpoint imports, sharding names."""
 
 import numpy as np
 from flax import nnx
+
+from eofm.models import layers
 
 
 def params(model: nnx.Module) -> dict:
@@ -19,3 +21,19 @@ def randomize(model: nnx.Module, seed: int) -> nnx.Module:
     ]
     nnx.update(model, nnx.from_flat_state(noisy))
     return model
+
+
+def logical_partition_specs(model: nnx.Module) -> dict:
+    """{path: logical axis names} of every Param of `model`, after checking that each Param names
+    one axis per dimension, only `layers.LOGICAL_AXES`, none twice."""
+    params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    specs = dict(nnx.to_flat_state(nnx.get_partition_spec(nnx.state(model, nnx.Param))))
+    out = {}
+    for path, param in params:
+        spec = tuple(specs[path].get_value())
+        assert len(spec) == param.get_value().ndim, (path, spec)
+        named = [name for name in spec if name is not None]
+        assert set(named) <= set(layers.LOGICAL_AXES), (path, spec)
+        assert len(set(named)) == len(named), (path, spec)
+        out[path] = spec
+    return out

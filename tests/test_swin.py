@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from param_helpers import logical_partition_specs
 
-from eofm.models import layers, swin
+from eofm.models import swin
 
 # Stage grids 8, 4, 2, 1 at 16 px: stage 0 has shifted windows, stages 1-3 are clamped.
 TINY = swin.SwinConfig(
@@ -210,17 +211,10 @@ def test_encoder_is_deterministic_for_a_seed():
 
 
 def test_partition_specs_use_logical_names(encoder):
-    params = nnx.to_flat_state(nnx.state(encoder, nnx.Param))
-    specs = dict(nnx.to_flat_state(nnx.get_partition_spec(nnx.state(encoder, nnx.Param))))
-    for path, param in params:
-        spec = tuple(specs[path].get_value())
-        assert len(spec) == param.get_value().ndim, (path, spec)
-        named = [name for name in spec if name is not None]
-        assert set(named) <= set(layers.LOGICAL_AXES), (path, spec)
-        assert len(set(named)) == len(named), (path, spec)
+    specs = logical_partition_specs(encoder)
     block = ("stages", 0, "blocks", 0, "attn")
-    assert tuple(specs[(*block, "qkv", "kernel")].get_value()) == ("embed", None, "heads")
-    assert tuple(specs[(*block, "q_bias")].get_value()) == ("heads",)
+    assert specs[(*block, "qkv", "kernel")] == ("embed", None, "heads")
+    assert specs[(*block, "q_bias")] == ("heads",)
 
 
 def test_flops_counts_windows_and_merging():
