@@ -13,7 +13,8 @@ Layouts (torch shape <-> eofm shape):
   "qkv_kernel"  fused Linear weight (3D, D) <-> `layers.Attention` kernel [D, 3, D]; the torch
                 output is [q | k | v] with the heads contiguous inside each part, which is how
                 `layers.Attention` splits its [3, D] output, so kernel = weight.T reshaped,
-  "qkv_bias"    (3D,) <-> [3, D],
+  "qkv_bias"    (3D,) <-> [3, D]; both also for the fused k, v of cross-attention ((2D, D),
+                a `kv` Param [D, 2, D]),
   "patch_conv"  Conv2d weight (D, C, p, p) <-> `layers.PatchEmbed` kernel [p*p*C, D], whose rows
                 run in `layers.patchify` (row, col, channel) order; the `Tensor` gives the shape.
 A `Tensor` may fill one slice of a Param (a row of a stacked Param, the q of a fused qkv kernel)
@@ -151,7 +152,7 @@ class Tensor:
 def layout_of(path: ParamPath) -> str:
     """Layout of the Linear, fused-qkv or LayerNorm Param at `path` (see the module docstring)."""
     kernel = path[-1] == "kernel"
-    if len(path) > 1 and path[-2] == "qkv":
+    if len(path) > 1 and path[-2] in ("qkv", "kv"):
         return "qkv_kernel" if kernel else "qkv_bias"
     return "linear" if kernel else "copy"
 

@@ -30,6 +30,9 @@ name imports a module kept elsewhere). It provides, in one place:
                   the last block
   adapt_param(path, value, shape) -> array   (optional)
                   a saved parameter of another shape made to fit (e.g. position tables)
+  host_transforms(cfg, inputs) -> (transforms, keys)   (optional)
+                  grain transforms that pretraining runs on the host after cropping and
+                  normalisation, and the batch keys they add for `loss` (RoMA's rotations)
 
 Its weight importer lives in `eofm/convert/<name>.py`.
 """
@@ -126,6 +129,17 @@ def model_builder(config: ml_collections.ConfigDict, inputs) -> Callable[..., An
     cfg = make_config(module, config.model, inputs, config.data.image_size)
     inputs = dict(inputs)
     return lambda rngs: module.Model(cfg, inputs, rngs=rngs)
+
+
+def host_transforms(config: ml_collections.ConfigDict, inputs) -> tuple[list, tuple[str, ...]]:
+    """The pretraining host transforms of `config.model_name`'s family and the batch keys they
+    add (none when the family defines no `host_transforms`)."""
+    module = get(config.model_name)
+    if not hasattr(module, "host_transforms"):
+        return [], ()
+    cfg = make_config(module, config.model, inputs, config.data.image_size)
+    transforms, keys = module.host_transforms(cfg, dict(inputs))
+    return list(transforms), tuple(keys)
 
 
 def _to_config(value: Any) -> Any:

@@ -117,6 +117,7 @@ class Mlp(nnx.Module):
 def qkv_projection(
     dim: int,
     *,
+    parts: int = 3,
     use_bias: bool = True,
     kernel_init: nnx.Initializer = _xavier_uniform,
     dtype: DTypeLike = jnp.float32,
@@ -126,10 +127,10 @@ def qkv_projection(
     """The fused q, k, v projection [B, ..., D] -> [B, ..., 3, D]: kernel [D, 3, D] (logical names
     "embed", None, "heads", so that sharding "heads" splits q, k and v alike), bias [3, D].
     Under the default xavier-uniform its fan-in is D and fan-out 3D, as a fused torch
-    Linear(D, 3D)."""
+    Linear(D, 3D). `parts` = 2 gives the fused k, v projection of cross-attention."""
     return nnx.LinearGeneral(
         dim,
-        (3, dim),
+        (parts, dim),
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=param_dtype,
@@ -464,7 +465,8 @@ def alibi_2d_bias(
 
 class CrossAttention(nnx.Module):
     """Multi-head attention of queries x [B, Nq, D] over a context [B, Nk, D] -> [B, Nq, D], with
-    separate q, k, v projections (logical "embed" -> "heads") and an optional logit bias."""
+    q, k, v projections (logical "embed" -> "heads"; k and v fused into one [D, 2, D] kernel with
+    `fused_kv`, as `qkv_projection`) and an optional logit bias or mask."""
 
     def __init__(
         self,
@@ -472,6 +474,7 @@ class CrossAttention(nnx.Module):
         num_heads: int,
         *,
         qkv_bias: bool = True,
+        fused_kv: bool = False,
         dtype: DTypeLike = jnp.float32,
         param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
@@ -481,18 +484,32 @@ class CrossAttention(nnx.Module):
         self.num_heads = num_heads
         kw = dict(use_bias=qkv_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.q = linear(dim, dim, ("embed", "heads"), **kw)
-        self.k = linear(dim, dim, ("embed", "heads"), **kw)
-        self.v = linear(dim, dim, ("embed", "heads"), **kw)
+        if fused_kv:
+            self.kv = qkv_projection(dim, parts=2, **kw)
+        else:
+            self.k = linear(dim, dim, ("embed", "heads"), **kw)
+            self.v = linear(dim, dim, ("embed", "heads"), **kw)
         self.proj = linear(
             dim, dim, ("heads", "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
 
     def __call__(
-        self, x: jax.Array, context: jax.Array, attn_bias: jax.Array | None = None
+        self,
+        x: jax.Array,
+        context: jax.Array,
+        attn_bias: jax.Array | None = None,
+        mask: jax.Array | None = None,
     ) -> jax.Array:
+        """Args: x [B, Nq, D]; context [B, Nk, D]; attn_bias: additive logit bias
+        [B or 1, H or 1, Nq, Nk]; mask: bool, broadcastable like attn_bias, False = not attended."""
         b, nq, d = x.shape
         heads = lambda t: t.reshape(t.shape[0], t.shape[1], self.num_heads, d // self.num_heads)
+        if hasattr(self, "kv"):
+            kv = self.kv(context)
+            k, v = kv[:, :, 0], kv[:, :, 1]
+        else:
+            k, v = self.k(context), self.v(context)
         out = jax.nn.dot_product_attention(
-            heads(self.q(x)), heads(self.k(context)), heads(self.v(context)), bias=attn_bias
+            heads(self.q(x)), heads(k), heads(v), bias=attn_bias, mask=mask
         )
         return self.proj(out.reshape(b, nq, d))

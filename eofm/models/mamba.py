@@ -19,9 +19,11 @@ D_skip are float32 parameters.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.typing import DTypeLike
 
@@ -65,8 +67,10 @@ def selective_scan(
       a: [E, N] state matrix (negative).
       b_in, c_out: [B, L, N] input and output projections of the state.
       chunk_size: 0 scans all L tokens at once with `jax.lax.associative_scan` (O(log L) depth,
-        [B, L, E, N] intermediates); c > 0 scans chunks of c tokens that way and carries the state
-        across chunks sequentially, so the intermediates are [B, c, E, N] whatever L is.
+        [B, L, E, N] intermediates, kept for the backward pass); c > 0 scans chunks of c tokens
+        that way and carries the state across chunks sequentially, each chunk rematerialised in
+        the backward pass, so that only the [B, E, N] state at each chunk boundary is kept and
+        the [B, c, E, N] intermediates exist one chunk at a time, whatever L is.
     Returns:
       y: f32[B, L, E].
     """
@@ -82,6 +86,7 @@ def selective_scan(
         t = t.reshape(batch, -1, chunk_size, *t.shape[2:])
         return jnp.moveaxis(t, 1, 0)  # [num_chunks, B, c, ...]
 
+    @jax.checkpoint
     def body(h, inputs):
         y, h = _scan_chunk(h, *inputs[:2], a, *inputs[2:])
         return h, y
@@ -185,8 +190,24 @@ class MambaMixer(nnx.Module):
         )
         self.out_proj = layers.linear(inner, dim, ("mlp", "embed"), use_bias=False, **kw)
 
-    def __call__(self, u: jax.Array) -> jax.Array:
+    def __call__(self, u: jax.Array, orders: Sequence[np.ndarray] | None = None) -> jax.Array:
+        """u [B, L, D] -> [B, L, D].
+
+        `orders`: None scans the tokens once, first to last (causal). Otherwise one scan per
+        token order (int [L] permutations), each with this mixer's convolution, x_proj, dt_proj,
+        A and D, its outputs put back in token order and averaged before the gate; in_proj and
+        out_proj are applied once. This is a multi-direction Mamba whose per-direction copies all
+        equal this mixer, e.g. RoMA's four-direction backbone right after it copies the pretrained
+        mixer."""
         x, z = jnp.split(self.in_proj(u), 2, axis=-1)
+        if orders is None:
+            y = self._scan_branch(x)
+        else:
+            y = sum(self._scan_branch(x[:, o])[:, np.argsort(o)] for o in orders) / len(orders)
+        return self.out_proj((y * jax.nn.silu(z.astype(jnp.float32))).astype(u.dtype))
+
+    def _scan_branch(self, x: jax.Array) -> jax.Array:
+        """Convolution, selective scan and skip along the token axis.  x [B, L, E] -> f32."""
         x = jax.nn.silu(causal_depthwise_conv(x, self.conv_kernel[...], self.conv_bias[...]))
         dt_raw, b_in, c_out = jnp.split(
             self.x_proj(x), [self.dt_rank, self.dt_rank + self.state_size], axis=-1
@@ -194,8 +215,7 @@ class MambaMixer(nnx.Module):
         dt = jax.nn.softplus(self.dt_proj(dt_raw).astype(jnp.float32))
         a = -jnp.exp(self.a_log[...])
         y = selective_scan(x, dt, a, b_in, c_out, chunk_size=self.scan_chunk)
-        y = y + self.d_skip[...] * x.astype(jnp.float32)
-        return self.out_proj((y * jax.nn.silu(z.astype(jnp.float32))).astype(u.dtype))
+        return y + self.d_skip[...] * x.astype(jnp.float32)
 
 
 def _centred(uniform: nnx.Initializer, half_width: float) -> nnx.Initializer:
@@ -233,7 +253,7 @@ class SwiGLU(nnx.Module):
 class MambaBlock(nnx.Module):
     """Pre-LN residual block: x + mixer(LN(x)), then x + SwiGLU(LN(x)).  [B, L, D] -> [B, L, D].
 
-    Causal: output t depends on inputs 1..t only."""
+    Causal (without `orders`): output t depends on inputs 1..t only."""
 
     def __init__(
         self,
@@ -251,8 +271,9 @@ class MambaBlock(nnx.Module):
         self.norm2 = layers.layer_norm(dim, eps=ln_eps, **kw)
         self.ffn = SwiGLU(dim, **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.mixer(self.norm1(x))
+    def __call__(self, x: jax.Array, orders: Sequence[np.ndarray] | None = None) -> jax.Array:
+        """`orders`: see `MambaMixer.__call__` (None: causal)."""
+        x = x + self.mixer(self.norm1(x), orders)
         return x + self.ffn(self.norm2(x))
 
 
@@ -266,3 +287,16 @@ def mamba_block_params(dim: int, state_size: int = 16, conv_width: int = 4) -> i
     mixer = 2 * d * d + conv_width * d + d + d * (r + 2 * state_size) + r * d + d
     mixer += d * state_size + d + d * d
     return int(mixer + 3 * d * h + 2 * h + d + 4 * d)
+
+
+def mamba_block_flops(num_tokens: int, dim: int, state_size: int = 16) -> float:
+    """Forward FLOPs of one `MambaBlock` on L tokens (2 FLOPs per multiply-add; expand 1).
+
+    Matmuls: in_proj 2L*D*2D + x_proj 2L*D(R + 2N) + dt_proj 2L*R*D + out_proj 2L*D*D + SwiGLU
+    3 * 2L*D*H; plus the scan's multiply-adds on the [L, D, N] state: the update
+    (decay * h + dt B x) and the readout h . C, about 4 L D N (linear in L, unlike attention's
+    4 L^2 D). Norms, the convolution and activations are not counted.
+    """
+    n, d, r, h = num_tokens, dim, math.ceil(dim / 16), 8 * dim // 3
+    matmuls = 2 * n * (2 * d * d + d * (r + 2 * state_size) + r * d + d * d + 3 * d * h)
+    return float(matmuls + 4 * n * d * state_size)

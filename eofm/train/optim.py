@@ -43,13 +43,15 @@ def lr_schedule(
     )
 
 
-_NO_DECAY = re.compile(r"(^|/)(bias|scale|[a-z_]*token|pos_embed|cpb_[a-z0-9_]+)(/|$)")
+_NO_DECAY = re.compile(
+    r"(^|/)(bias|scale|[a-z_]*token|pos_embed|angle_embed|a_log|cpb_[a-z0-9_]+)(/|$)"
+)
 
 
 def decay_mask(params: Any) -> Any:
     """Weight decay on weight matrices only: not on biases (a fused qkv bias is 2-D), norm scales,
-    learned tokens, position embeddings or position-bias MLPs (SwinV2's `cpb_*`), nor on any 1-D
-    parameter."""
+    learned tokens, position and angle embeddings, position-bias MLPs (SwinV2's `cpb_*`) or
+    Mamba's state matrix `a_log` (as Mamba intends), nor on any 1-D parameter."""
     return map_paths(
         lambda path, x: getattr(x, "ndim", 0) >= 2 and not _NO_DECAY.search(path), params
     )

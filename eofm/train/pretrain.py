@@ -4,8 +4,9 @@
 Data: the configured source is written once to ArrayRecord shards with per-band statistics
 (`eofm.data.arrayrecord.prepare`, resumable and idempotent), and training reads the shards: select
 `data.bands` of `data.sensors`, normalise with those statistics, random crop/flip/rot90 to
-`image_size`. Checkpoints carry what evaluation needs: the input specs, the normalisation method
-with its statistics, and the native image size.
+`image_size`, then the family's host transforms (`family.host_transforms`). Checkpoints carry
+what evaluation needs: the input specs, the normalisation method with its statistics, and the
+native image size.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ def prepared_source(config: ml_collections.ConfigDict, workdir: Path):
     return arrayrecord.ArrayRecordSource(directory)
 
 
-def make_pipeline(config, source, specs, band_stats):
+def make_pipeline(config, source, specs, band_stats, family_transforms=()):
     """(process_index, process_count) -> batched MapDataset of normalised crops of the input
-    `specs` (band-selected from the source's images)."""
+    `specs` (band-selected from the source's images), then the family's `family_transforms`."""
     keys = tuple(specs)
     transforms = [
         inputs.SelectBands(source.specs, {k: specs[k].bands for k in keys}),
@@ -54,6 +55,7 @@ def make_pipeline(config, source, specs, band_stats):
         augment.RandomCropFlipRotate(
             keys, size=config.data.image_size, scale=tuple(config.data.crop_scale)
         ),
+        *family_transforms,
     ]
 
     def make_dataset(process_index: int, process_count: int):
@@ -107,14 +109,15 @@ def workload(config: ml_collections.ConfigDict, workdir: str | Path, source=None
     make_model = family.model_builder(config, specs)
     with nnx.use_eager_sharding(False):
         abstract = nnx.eval_shape(lambda: make_model(nnx.Rngs(0)))
+    family_transforms, family_keys = family.host_transforms(config, specs)
     init_from = config.get("init_from")
     return Workload(
         name=config.model_name,
         variant=config.variant,
         make_model=make_model,
         loss_fn=lambda model, batch, rng: model.loss(batch, rng),
-        make_dataset=make_pipeline(config, source, specs, band_stats),
-        input_keys=(*specs, *(valid_key(k) for k in specs)),
+        make_dataset=make_pipeline(config, source, specs, band_stats, family_transforms),
+        input_keys=(*specs, *(valid_key(k) for k in specs), *family_keys),
         flops_per_example=abstract.flops_per_example(config.data.image_size),
         warm_start=(lambda: weights_of_run(init_from)) if init_from else None,
         adapt_param=getattr(module, "adapt_param", None),
