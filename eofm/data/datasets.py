@@ -22,10 +22,11 @@ import numpy as np
 from PIL import Image
 
 from eofm import sensors as sensors_lib
-from eofm.data import raster, validity
+from eofm.data import cube, raster, validity
 from eofm.data.sources import (
     BandFilesItem,
     BandFilesSource,
+    CubeWindowSource,
     GeoTiffSource,
     ModisSource,
     band_nodata,
@@ -870,6 +871,39 @@ MODIS_CITATION = (
 )
 
 # ---------------------------------------------------------------------------------------------
+# Scenes and cubes larger than memory (GeoTIFF/COG, VRT mosaics, Zarr, NetCDF)
+
+
+def xarray_cube(
+    path: str | os.PathLike,
+    *,
+    sensor: str,
+    bands: Sequence[str] | None = None,
+    file_bands: Sequence[str] | None = None,
+    window: int = 256,
+    num_windows: int = 1024,
+    seed: int = 0,
+    min_valid_fraction: float = 0.5,
+    key: str = "image",
+) -> CubeWindowSource:
+    """`num_windows` random `window` x `window` windows of one scene, mosaic or cube.
+
+    `path`, `sensor`, `bands` and `file_bands` open it lazily (`eofm.data.cube.open_cube`); item
+    i is the window at a position drawn from (`seed`, i), redrawn while less than
+    `min_valid_fraction` of its values are valid (`CubeWindowSource`).
+    """
+    scene = cube.open_cube(path, sensor=sensor, bands=bands, file_bands=file_bands)
+    return CubeWindowSource(
+        scene,
+        window=window,
+        num_windows=num_windows,
+        seed=seed,
+        min_valid_fraction=min_valid_fraction,
+        key=key,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 
 SOURCES: dict[str, Callable[..., Any]] = {
     "eurosat_ms": eurosat_ms,
@@ -882,6 +916,7 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "eurosat_rgb": eurosat_rgb,
     "modis": ModisSource,
     "cloud_shadow": CloudShadowSource,
+    "xarray_cube": xarray_cube,
 }
 
 

@@ -5,8 +5,10 @@
   BigEarthNet's original folders), resampled onto the finest band's grid with a named method.
 - `ModisSource`: MODIS band stacks in GeoTIFF, NetCDF or Zarr, bands named by the files, whole or
   cut into square patches.
+- `CubeWindowSource`: square windows at random (seeded) positions of one scene or cube larger
+  than memory (`eofm.data.cube`), for pretraining.
 
-Both yield samples as described in `eofm.data.spec`: `{key: f32[H, W, C], key_valid: bool[H, W, C],
+All yield samples as described in `eofm.data.spec`: `{key: f32[H, W, C], key_valid: bool[H, W, C],
 "id": str, ...labels}`, and carry `specs: {key: SensorSpec}` saying which band is in which channel.
 Values outside a band's physical range are invalid like nodata (`eofm.data.validity`). Sources hold
 only paths and small metadata, so they pickle cheaply into grain worker processes.
@@ -21,27 +23,17 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import rasterio
-import rasterio.errors
-import rasterio.windows
-import xarray as xr
 
 from eofm import sensors as sensors_lib
+from eofm.data import cube as cube_lib
 from eofm.data import raster, validity
+from eofm.data.cube import band_nodata
 from eofm.data.spec import SensorSpec, check_band_count, image_and_mask, valid_key
-
-
-def band_nodata(spec: SensorSpec, file_nodata: Sequence[float | None]) -> list[float | None]:
-    """Per-band nodata: each file's own tag when it has one, else the registry's value."""
-    return [
-        tag if tag is not None else band.nodata
-        for tag, band in zip(file_nodata, spec.sensor_info.bands, strict=True)
-    ]
 
 
 class GeoTiffSource:
@@ -218,27 +210,6 @@ class BandFilesSource:
 
 MODIS_SENSORS = ("modis_toa", "modis_land")
 BAND_STACK_SUFFIXES = (".tif", ".tiff", ".nc", ".nc4", ".zarr")
-_XARRAY_SUFFIXES = (".nc", ".nc4", ".zarr")
-# A MODIS band number closing a product's band name: "sur_refl_b01", "band_7", "b31".
-_MODIS_BAND_NUMBER = re.compile(r"(?:^|_)b(?:and)?_?0*(\d{1,2})$", re.IGNORECASE)
-_READ_ERRORS = (rasterio.errors.RasterioError, OSError, ValueError, ImportError, RuntimeError)
-
-
-def modis_band_name(name: str, sensor: sensors_lib.Sensor) -> str | None:
-    """Registry name of a band as a file spells it, or None.
-
-    A registry name or alias (any case) is taken as is; otherwise a name ending in a MODIS band
-    number ("sur_refl_b01", "band_21") is that band of `sensor`, if it has one.
-    """
-    try:
-        return sensor.band(name).name
-    except sensors_lib.UnknownBandError:
-        pass
-    match = _MODIS_BAND_NUMBER.search(name)
-    if match is None:
-        return None
-    numbered = f"b{int(match.group(1)):02d}"
-    return numbered if numbered in sensor.band_names else None
 
 
 def _band_stack_files(files: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -268,131 +239,12 @@ def _band_stack_files(files: str | os.PathLike | Sequence[str | os.PathLike]) ->
     return paths
 
 
-def _is_xarray_file(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in _XARRAY_SUFFIXES
-
-
-def _open_xarray(path: str) -> xr.Dataset:
-    """A NetCDF file or Zarr store, lazily, with fill values and scale factors left undecoded."""
-    engine = "zarr" if path.lower().endswith(".zarr") else None
-    try:
-        return xr.open_dataset(path, engine=engine, mask_and_scale=False, decode_times=False)
-    except _READ_ERRORS as e:
-        raise raster.RasterReadError(f"{path}: cannot open as NetCDF/Zarr: {e}") from e
-
-
-def _open_geotiff(path: str) -> rasterio.DatasetReader:
-    try:
-        return rasterio.open(path)
-    except _READ_ERRORS as e:
-        raise raster.RasterReadError(f"{path}: cannot open raster: {e}") from e
-
-
-def _check_unscaled(path: str, band: str, scale: float, offset: float) -> None:
-    """Values must be stored in the registry's units, not as scaled integers."""
-    if (scale, offset) != (1.0, 0.0):
-        raise ValueError(
-            f"{path} (band {band}): stores values with scale {scale} and offset {offset}; store"
-            " them in the registry's units (scale 1, offset 0)"
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class _StackLayout:
-    """Registry band names of a band stack's file bands (or variables), and its [H, W]."""
-
-    bands: tuple[str, ...]
-    shape: tuple[int, int]
-    variables: tuple[str, ...] = ()  # NetCDF/Zarr: the variable holding each band.
-
-
-def _resolve_file_bands(
-    path: str, names: Sequence[str | None], sensor: sensors_lib.Sensor, how: str
-) -> tuple[str, ...]:
-    resolved = []
-    for i, name in enumerate(names, 1):
-        band = modis_band_name(name, sensor) if name else None
-        if band is None:
-            raise ValueError(
-                f"{path}: band {i} ({name!r}, from {how}) names no band of {sensor.name}"
-                f" ({', '.join(sensor.band_names)}); pass file_bands=[...] naming the"
-                f" {len(names)} bands in file order"
-            )
-        resolved.append(band)
-    duplicates = sorted({b for b in resolved if resolved.count(b) > 1})
-    if duplicates:
-        raise ValueError(f"{path}: bands {duplicates} appear twice (from {how}: {list(names)})")
-    return tuple(resolved)
-
-
-def _geotiff_layout(
-    path: str, sensor: sensors_lib.Sensor, file_bands: Sequence[str] | None
-) -> _StackLayout:
-    with _open_geotiff(path) as f:
-        names, how = (file_bands, "file_bands") if file_bands else (f.descriptions, "descriptions")
-        if len(names) != f.count:
-            raise ValueError(f"{path}: has {f.count} bands, but {how} names {len(names)}")
-        bands = _resolve_file_bands(path, names, sensor, how)
-        for band, scale, offset in zip(bands, f.scales, f.offsets):
-            _check_unscaled(path, band, scale, offset)
-        return _StackLayout(bands, (f.height, f.width))
-
-
-def _xarray_layout(path: str, sensor: sensors_lib.Sensor) -> _StackLayout:
-    """Every 2-D variable whose name names a band is that band; other variables are ignored."""
-    with _open_xarray(path) as ds:
-        variables = [
-            name
-            for name, var in ds.data_vars.items()
-            if var.ndim == 2 and modis_band_name(str(name), sensor)
-        ]
-        if not variables:
-            raise ValueError(
-                f"{path}: no 2-D variable names a band of {sensor.name}"
-                f" ({', '.join(sensor.band_names)}); variables: {list(ds.data_vars)}"
-            )
-        shapes = {name: ds[name].shape for name in variables}
-        if len(set(shapes.values())) != 1:
-            raise ValueError(f"{path}: band variables differ in shape: {shapes}")
-        for name in variables:
-            attrs = ds[name].attrs
-            _check_unscaled(
-                path, name, attrs.get("scale_factor", 1.0), attrs.get("add_offset", 0.0)
-            )
-        bands = _resolve_file_bands(path, [str(v) for v in variables], sensor, "variable names")
-        return _StackLayout(bands, shapes[variables[0]], tuple(map(str, variables)))
-
-
-def _fill_value(attrs: Mapping[str, Any]) -> float | None:
-    value = attrs.get("_FillValue", attrs.get("missing_value"))
-    return None if value is None else float(np.asarray(value).ravel()[0])
-
-
-def _read_window(
-    path: str, layout: _StackLayout, rows: slice, cols: slice
-) -> tuple[np.ndarray, list[float | None]]:
-    """(array [h, w, C] of the file's bands in file order, each band's nodata tag or None)."""
-    try:
-        if layout.variables:
-            with _open_xarray(path) as ds:
-                vars_ = [ds[v] for v in layout.variables]
-                array = np.stack([v[rows, cols].values for v in vars_], axis=-1)
-                return array, [_fill_value(v.attrs) for v in vars_]
-        with _open_geotiff(path) as f:
-            window = rasterio.windows.Window.from_slices(rows, cols)
-            return np.moveaxis(f.read(window=window), 0, -1), list(f.nodatavals)
-    except _READ_ERRORS as e:
-        raise raster.RasterReadError(
-            f"{path} (rows {rows.start}:{rows.stop}, columns {cols.start}:{cols.stop}): corrupt"
-            f" or truncated data: {e}"
-        ) from e
-
-
 class ModisSource:
     """MODIS band stacks (GeoTIFF, NetCDF, Zarr), whole or cut into square patches.
 
-    Band names: a GeoTIFF's band descriptions (or `file_bands`); in NetCDF/Zarr, each 2-D variable
-    named after a band is that band. A name is a registry name or alias, or ends in the MODIS band
+    Each file is read as an `eofm.data.cube.Cube`. Band names: a GeoTIFF's band descriptions (or
+    `file_bands`); in NetCDF/Zarr, the band coordinate of a [band, y, x] variable, or each 2-D
+    variable named after a band. A name is a registry name or alias, or ends in the MODIS band
     number ("sur_refl_b01" is b01). Values must be in the registry units of `sensor`. Pixels equal
     to the file's fill value (else the registry's nodata), non-finite or outside the band's
     physical range are invalid.
@@ -431,66 +283,46 @@ class ModisSource:
             )
         info = sensors_lib.get_sensor(sensor)
         self.files = _band_stack_files(files)
-        self._layouts = [self._layout(path, info, file_bands) for path in self.files]
+        cubes = [cube_lib.open_cube(p, sensor=sensor, file_bands=file_bands) for p in self.files]
         if bands is None:
-            first = self._layouts[0].bands
-            bands = [b for b in info.band_names if b in first]
+            bands = [b for b in info.band_names if b in cubes[0].file_bands]
         spec = SensorSpec(sensor, tuple(bands))
         if not missing_bands_invalid:
-            for path, layout in zip(self.files, self._layouts):
-                missing = [b for b in spec.bands if b not in layout.bands]
+            for cube in cubes:
+                missing = [b for b in spec.bands if b not in cube.file_bands]
                 if missing:
                     raise ValueError(
-                        f"{path}: lacks bands {missing} of {sensor} (it has"
-                        f" {', '.join(layout.bands)}); pass missing_bands_invalid=True to yield"
+                        f"{cube.path}: lacks bands {missing} of {sensor} (it has"
+                        f" {', '.join(cube.file_bands)}); pass missing_bands_invalid=True to yield"
                         " them as invalid"
                     )
+        self._cubes = [
+            cube.select([b for b in spec.bands if b in cube.file_bands]) for cube in cubes
+        ]
         self.specs = {key: spec}
         self.key = key
         self.patch_size = patch_size
         self._patches = [
             (i, y0, x0)
-            for i, layout in enumerate(self._layouts)
-            for y0 in range(0, layout.shape[0], patch_size or layout.shape[0])
-            for x0 in range(0, layout.shape[1], patch_size or layout.shape[1])
+            for i, cube in enumerate(self._cubes)
+            for y0 in range(0, cube.height, patch_size or cube.height)
+            for x0 in range(0, cube.width, patch_size or cube.width)
         ]
-
-    @staticmethod
-    def _layout(path: str, info: sensors_lib.Sensor, file_bands) -> _StackLayout:
-        if not _is_xarray_file(path):
-            return _geotiff_layout(path, info, file_bands)
-        if file_bands:
-            raise ValueError(
-                f"{path}: file_bands names GeoTIFF bands; in NetCDF/Zarr the variable names name"
-                " the bands"
-            )
-        return _xarray_layout(path, info)
 
     def __len__(self) -> int:
         return len(self._patches)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         file_index, y0, x0 = self._patches[index]
-        path, layout = self.files[file_index], self._layouts[file_index]
-        h, w = (self.patch_size,) * 2 if self.patch_size else layout.shape
+        cube = self._cubes[file_index]
+        h, w = (self.patch_size,) * 2 if self.patch_size else (cube.height, cube.width)
+        present, present_valid = cube.read(slice(y0, y0 + h), slice(x0, x0 + w), key=self.key)
         spec = self.specs[self.key]
-        present = [b for b in spec.bands if b in layout.bands]
-        rows = slice(y0, min(y0 + h, layout.shape[0]))
-        cols = slice(x0, min(x0 + w, layout.shape[1]))
-        array, file_nodata = _read_window(path, layout, rows, cols)
-        array = array[..., [layout.bands.index(b) for b in present]]
-        nodata = band_nodata(
-            SensorSpec(spec.sensor, tuple(present)),
-            [file_nodata[layout.bands.index(b)] for b in present],
-        )
-        where = f"{path} (rows {y0}:{rows.stop}, columns {x0}:{cols.stop})"
+        channels = [spec.bands.index(b) for b in cube.spec.bands]
         image = np.zeros((h, w, len(spec.bands)), np.float32)
         valid = np.zeros(image.shape, bool)
-        channels = [spec.bands.index(b) for b in present]
-        inside = (slice(0, rows.stop - y0), slice(0, cols.stop - x0), channels)
-        image[inside], valid[inside] = image_and_mask(array, nodata, where=where)
-        validity.mask_out_of_range(image, valid, spec, key=self.key, where=where)
-        sample_id = f"{path}@{y0},{x0}" if self.patch_size else path
+        image[..., channels], valid[..., channels] = present, present_valid
+        sample_id = f"{cube.path}@{y0},{x0}" if self.patch_size else cube.path
         return {self.key: image, valid_key(self.key): valid, "id": sample_id}
 
     def reads_from(self) -> dict[str, Any]:
@@ -500,4 +332,95 @@ class ModisSource:
         return (
             f"ModisSource({len(self)} examples from {len(self.files)} files,"
             f" {self.specs[self.key]}, patch_size={self.patch_size})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Random windows of one large scene or cube
+
+
+class CubeWindowSource:
+    """`num_windows` square windows of one lazily read cube, at seeded random positions.
+
+    Item i is the window at a position drawn from `np.random.default_rng([seed, i])`, so it is the
+    same in every process and run. A window whose fraction of valid values (over pixels and bands)
+    is below `min_valid_fraction` is redrawn from the same generator, at most `max_draws` times.
+    A cube smaller than `window` yields windows padded with invalid zeros.
+
+    Item: `{key: f32[window, window, C], key_valid: bool[...], "id": "<path>:<row>:<col>"}`
+    (row, col: the window's top-left pixel).
+    """
+
+    max_draws = 32
+
+    def __init__(
+        self,
+        cube: cube_lib.Cube,
+        *,
+        window: int,
+        num_windows: int,
+        seed: int = 0,
+        min_valid_fraction: float = 0.5,
+        key: str = "image",
+    ):
+        if window < 1 or num_windows < 1:
+            raise ValueError(
+                f"{cube.path}: window ({window}) and num_windows ({num_windows}) must be positive"
+            )
+        if not 0.0 <= min_valid_fraction <= 1.0:
+            raise ValueError(
+                f"{cube.path}: min_valid_fraction must lie in [0, 1], not {min_valid_fraction}"
+            )
+        self.cube = cube
+        self.window, self.num_windows, self.seed = window, num_windows, seed
+        self.min_valid_fraction = min_valid_fraction
+        self.specs = {key: cube.spec}
+        self.key = key
+
+    def __len__(self) -> int:
+        return self.num_windows
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.num_windows:
+            raise IndexError(f"{self!r}: index {index} outside [0, {self.num_windows})")
+        rng = np.random.default_rng([self.seed, index])
+        best = 0.0
+        for _ in range(self.max_draws):
+            row, col = self._position(rng)
+            rows, cols = slice(row, row + self.window), slice(col, col + self.window)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                image, valid = self.cube.read(rows, cols, key=self.key)
+            fraction = float(valid.mean())
+            if fraction >= self.min_valid_fraction:
+                for w in caught:  # Only the kept window's warnings (out-of-range counts).
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                sample_id = f"{self.cube.path}:{row}:{col}"
+                return {self.key: image, valid_key(self.key): valid, "id": sample_id}
+            best = max(best, fraction)
+        raise ValueError(
+            f"{self.cube.path}: {self.max_draws} windows of {self.window} px drawn for item {index}"
+            f" (seed {self.seed}) had at most {best:.1%} valid values, below min_valid_fraction"
+            f" {self.min_valid_fraction:.1%}"
+        )
+
+    def _position(self, rng: np.random.Generator) -> tuple[int, int]:
+        """Top-left (row, col) of a window lying inside the grid where it fits."""
+        row = rng.integers(0, max(self.cube.height - self.window, 0) + 1)
+        col = rng.integers(0, max(self.cube.width - self.window, 0) + 1)
+        return int(row), int(col)
+
+    def reads_from(self) -> dict[str, Any]:
+        return {
+            "files": list(self.cube.files),
+            "window": self.window,
+            "num_windows": self.num_windows,
+            "seed": self.seed,
+            "min_valid_fraction": self.min_valid_fraction,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"CubeWindowSource({self.num_windows} windows of {self.window} px from"
+            f" {self.cube.path}, {self.cube.spec}, seed={self.seed})"
         )
