@@ -41,7 +41,7 @@ from flax import nnx
 
 from eofm import sensors
 from eofm.data import datasets, normalize, stats
-from eofm.data.spec import SensorSpec, valid_key
+from eofm.data.spec import SensorSpec, specs_to_json, valid_key
 from eofm.eval import corruptions, encoders, heads, metrics, plots, report, windows
 from eofm.eval import fit as fit_lib
 
@@ -164,6 +164,14 @@ class Normalizers:
     def band_stats(self, scene: Scene, key: str) -> dict[str, dict[str, float]]:
         """The per-band statistics that normalise `scene.raw[key]`."""
         return self._stats[self._key(scene, key)]
+
+    def training_stats(self, specs: dict[str, SensorSpec]) -> dict[str, dict]:
+        """{key: {"sensor", "bands", "stats": {band: {...}}}}: the training-pixel statistics of
+        each key of `specs` (the layout of `eofm.data.stats.read_stats_json`)."""
+        return {
+            k: {"sensor": s.sensor, "bands": list(s.bands), "stats": self._stats[(k, s.sensor)]}
+            for k, s in specs.items()
+        }
 
     def range(self, scene: Scene, key: str) -> tuple[np.ndarray, np.ndarray]:
         """Per-band (min, max) of the statistics: the corruptions' value range."""
@@ -439,6 +447,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
         logits = dense_logits(task, model, head, batch, specs)
         return masked_cross_entropy(logits, batch["mask"]), {}
 
+    inference = {
+        "config": config.to_dict(),
+        "classes": class_names,
+        "inputs": specs_to_json(specs),
+        "window": window,
+        "stride": stride,
+        "normalization": {"method": norm.method, "statistics": norm.training_stats(specs)},
+    }
     sensors_read = "+".join(spec.sensor for spec in specs.values())
     model, head, history = fit_lib.fit(
         config,
@@ -449,6 +465,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
         loss_fn=loss_fn,
         make_dataset=make_dataset,
         input_keys=(*keys, "mask"),
+        inference=inference,
     )
     evaluator = Evaluator(
         task,

@@ -45,6 +45,8 @@ class Encoder:
       trained_specs: the inputs it was pretrained on.
       build: rngs -> a fresh (random) model of this family and shape.
       weights: {model state path: array}, the model's values.
+      band_stats: {input key: {band: {"mean", "std", "p1", "p99", ...}}}, the per-band
+        statistics its pretraining normalised with (empty for a random init).
     """
 
     ref: str
@@ -56,6 +58,7 @@ class Encoder:
     trained_specs: dict[str, SensorSpec]
     build: Callable[[nnx.Rngs], nnx.Module]
     weights: dict[str, np.ndarray]
+    band_stats: dict[str, dict[str, dict[str, float]]] = dataclasses.field(default_factory=dict)
 
     @functools.cached_property
     def model(self) -> nnx.Module:
@@ -95,6 +98,15 @@ class Encoder:
     def feature_definition(self) -> str:
         """What the family's `features` returns as pooled features and levels ("" if unstated)."""
         return getattr(type(self.model), "feature_definition", "")
+
+    def stats_for(self, spec: SensorSpec) -> dict[str, dict[str, float]] | None:
+        """{band: statistics} of `spec`'s bands from the pretraining input of the same sensor
+        that has them all, or None when no input does."""
+        for key, trained in self.trained_specs.items():
+            known = self.band_stats.get(key, {})
+            if trained.sensor == spec.sensor and all(b in known for b in spec.bands):
+                return {b: known[b] for b in spec.bands}
+        return None
 
     def missing_bands(self, spec: SensorSpec) -> tuple[str, ...]:
         """Bands the encoder was pretrained on that `spec` lacks (read as zeros).
@@ -138,7 +150,8 @@ class Encoder:
         """{"pooled": D, "levels": [(stride, width), ...]} of the features of native-size images."""
         s = self.image_size
         images = jax.ShapeDtypeStruct((1, s, s, len(spec.bands)), np.float32)
-        out = jax.eval_shape(lambda x: self.model.features(x, spec, taps), images)
+        model = self.model  # built outside the trace, so that its cached weights stay concrete
+        out = jax.eval_shape(lambda x: model.features(x, spec, taps), images)
         levels = [(s // level.shape[1], level.shape[-1]) for level in out["levels"]]
         return {"pooled": out["pooled"].shape[-1], "levels": levels}
 
@@ -238,6 +251,7 @@ def _pretrained(ref: str) -> Encoder:
         specs,
         family.model_builder(_model_config(meta), specs),
         weights,
+        meta["normalization"].get("stats", {}),
     )
 
 

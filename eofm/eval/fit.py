@@ -97,6 +97,7 @@ def fit(
     loss_fn: HeadLossFn,
     make_dataset: Callable[[int, int], grain.MapDataset],
     input_keys: tuple[str, ...],
+    inference: dict[str, Any] | None = None,
 ) -> tuple[nnx.Module, nnx.Module, list[dict[str, Any]]]:
     """Trains (or restores the finished training of) a head on `encoder` in WORKDIR/fit.
 
@@ -105,6 +106,9 @@ def fit(
         `llrd`) and `seed` seeds the head and the data order.
       name: names the head in checkpoints (a checkpoint of another head or encoder is refused).
       make_dataset: (process_index, process_count) -> batched grain MapDataset of training batches.
+      inference: JSON of what predicting with the trained head needs besides its weights (see
+        `eofm.infer.heads`); the checkpoints carry it as metadata "inference", with the run's
+        `task`.
     Returns:
       (encoder model, head) with the trained parameters, and the logged history (metrics.jsonl).
     """
@@ -121,6 +125,7 @@ def fit(
         trainable=trainable(encoder, finetune),
         lr_scale=layer_decay(encoder, settings.llrd) if finetune else None,
         warm_start=lambda: encoder.warm_start(ENCODER),
+        meta={"inference": {"task": config.task, **(inference or {})}},
     )
     workdir = Path(workdir) / "fit"
     result = loop.train(settings, workdir, workload)

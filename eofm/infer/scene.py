@@ -166,7 +166,10 @@ def run_scene(
             summary["windows_computed"] += len(kept)
         summary["windows_skipped"] += len(corners) - accumulator.windows
         values, covered = accumulator.result()
-        store.write_tile(t, store_values(values, covered, store, finish), covered)
+        # A covered cell whose blended value is not finite (e.g. features of windows without a
+        # valid pixel there) is not valid either.
+        valid = covered & np.isfinite(values).all(-1)
+        store.write_tile(t, store_values(values, valid, store, finish), valid)
         summary["tiles"] += 1
         _update_rates(summary, time.perf_counter() - start)
         if progress is not None:

@@ -1,0 +1,404 @@
+"""Georeferenced embeddings of a whole scene: a frozen encoder's features, window by window at its
+native size S, written tile by tile to a resumable Zarr store (`embed_scene`).
+
+Resolutions:
+  tokens  the encoder's last feature level on its token grid, p = S / h px per cell, blended
+          over windows every round(S * stride_fraction) px (a multiple of p): [y, x, feature]
+          with ceil(H / p) x ceil(W / p) cells.
+  window  one pooled vector per window; windows of S px tile the scene without overlap
+          (stride = p = S), so each window is one cell: ceil(H / S) x ceil(W / S) cells.
+
+Normalisation: the encoder's pretraining method, with the checkpoint's per-band statistics when
+it has them for the scene's sensor and bands (`stats="encoder"`), else statistics of a seeded
+sample of `SCENE_STATS_WINDOWS` windows of the scene (`stats="scene"`); the summary and the
+store's attributes say which. Invalid pixels are 0 after normalisation (as in training), and a
+cell none of whose pixels is valid is nodata: NaN, and False in the store's `valid`.
+
+Parallelism: each batch of windows is split over the local devices (data parallel); process i of
+n takes tiles i::n of one shared store, which process 0 creates first and finalises last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import resource
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from eofm import files
+from eofm.data import cube as cube_lib
+from eofm.data import normalize, sources, stats
+from eofm.data.spec import SensorSpec, valid_key
+from eofm.eval import encoders
+from eofm.infer import scene, tiling
+from eofm.infer.store import SceneStore
+
+RESOLUTIONS = ("tokens", "window")
+STATS_SOURCES = ("encoder", "scene")
+SCENE_STATS_WINDOWS = 64
+# Normalisations that need no statistics.
+FIXED_NORMALIZATIONS = ("minmax_per_image", "satvision_toa")
+IMAGE_KEY = "image"
+VARIABLE = "embedding"
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Window S, stride, output cell p and tile T in px, and F features per cell."""
+
+    window: int
+    stride: int
+    out_stride: int
+    tile: int
+    features: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+    """The pretraining `method`, its per-band statistics and where they came from."""
+
+    method: str
+    band_stats: dict[str, dict[str, float]]
+    source: str
+
+    def transform(self, spec: SensorSpec) -> normalize.Normalize:
+        """The transform of one window {IMAGE_KEY: f32[S, S, C], its `_valid`}."""
+        return normalize.Normalize.of_band_stats(IMAGE_KEY, spec, self.method, self.band_stats)
+
+    def digest(self) -> str:
+        """A short hash of the statistics (they decide every value)."""
+        text = json.dumps(self.band_stats, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def geometry(
+    encoder: encoders.Encoder,
+    spec: SensorSpec,
+    resolution: str,
+    stride_fraction: float,
+    tile: int,
+) -> Geometry:
+    """The window geometry of `resolution` (see the module docstring); the tile is rounded up
+    to a multiple of the output cell."""
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution={resolution!r}; expected one of {RESOLUTIONS}")
+    if not 0 < stride_fraction <= 1:
+        raise ValueError(f"stride_fraction={stride_fraction} must be in (0, 1]")
+    if tile <= 0:
+        raise ValueError(f"tile={tile} must be a positive number of px")
+    window = encoder.image_size
+    shapes = encoder.shapes(spec)
+    if resolution == "window":
+        out_stride, stride, features = window, window, shapes["pooled"]
+    else:
+        out_stride, features = shapes["levels"][-1]
+        stride = max(round(window * stride_fraction / out_stride), 1) * out_stride
+    tile = -(-tile // out_stride) * out_stride
+    return Geometry(window, stride, out_stride, tile, features)
+
+
+def scene_band_stats(
+    cube: cube_lib.Cube, window: int, seed: int, num_windows: int = SCENE_STATS_WINDOWS
+) -> dict[str, dict[str, float]]:
+    """{band: statistics} of the valid pixels of `num_windows` seeded random windows."""
+    sample = sources.CubeWindowSource(
+        cube, window=window, num_windows=num_windows, seed=seed, min_valid_fraction=0.0
+    )
+    windows = (sample[i] for i in range(len(sample)))
+    chunks = ((w[IMAGE_KEY], w[valid_key(IMAGE_KEY)]) for w in windows)
+    try:
+        return stats.compute_band_stats(chunks, cube.spec.bands)
+    except ValueError as e:
+        raise ValueError(
+            f"{cube.path}: {num_windows} windows of {window} px (seed {seed}) sampled for the"
+            f" normalisation statistics: {e}"
+        ) from e
+
+
+def normalization(
+    encoder: encoders.Encoder, cube: cube_lib.Cube, stats_source: str | None, seed: int
+) -> Normalization:
+    """The encoder's method with statistics from `stats_source` ("encoder", "scene", or None:
+    the encoder's when it has them for the scene's bands, else the scene's)."""
+    if stats_source not in (None, *STATS_SOURCES):
+        raise ValueError(f"stats={stats_source!r}; expected one of {STATS_SOURCES} or None")
+    method = encoder.normalization
+    if method in FIXED_NORMALIZATIONS:
+        return Normalization(method, {}, f"none ({method} needs no statistics)")
+    checkpoint_stats = encoder.stats_for(cube.spec)
+    if stats_source == "encoder" and checkpoint_stats is None:
+        has = {
+            k: f"{s.sensor} {sorted(encoder.band_stats.get(k, {}))}"
+            for k, s in encoder.trained_specs.items()
+        }
+        raise ValueError(
+            f"stats='encoder': encoder {encoder.ref} has no statistics of {cube.spec.sensor}"
+            f" bands {list(cube.spec.bands)} (it has {has}); use stats='scene'"
+        )
+    if stats_source != "scene" and checkpoint_stats is not None:
+        return Normalization(method, checkpoint_stats, f"encoder checkpoint (step {encoder.step})")
+    band_stats = scene_band_stats(cube, encoder.image_size, seed)
+    source = f"scene sample ({SCENE_STATS_WINDOWS} windows of {encoder.image_size} px, seed {seed})"
+    return Normalization(method, band_stats, source)
+
+
+def data_parallel(fn: Callable[[jax.Array], jax.Array], batch_size: int):
+    """images f32[N, ...] (N <= batch_size) -> numpy fn(images)[:N], the batch padded to one
+    fixed size divisible by the local devices and split over them."""
+    devices = jax.local_devices()
+    mesh = Mesh(np.asarray(devices), ("data",), axis_types=(AxisType.Auto,))
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    padded = -(-batch_size // len(devices)) * len(devices)
+
+    def apply(images: np.ndarray) -> np.ndarray:
+        n = len(images)
+        batch = np.pad(images, ((0, padded - n),) + ((0, 0),) * (images.ndim - 1))
+        return np.asarray(fn(jax.device_put(batch, sharding)))[:n]
+
+    return apply
+
+
+def cells_with_data(valid: np.ndarray, out_stride: int) -> np.ndarray:
+    """bool[N, S/p, S/p]: output cells with at least one valid pixel of bool[N, S, S, C]."""
+    n, s = valid.shape[:2]
+    c = s // out_stride
+    return valid.any(-1).reshape(n, c, out_stride, c, out_stride).any(axis=(2, 4))
+
+
+def make_predictor(
+    encoder: encoders.Encoder,
+    spec: SensorSpec,
+    norm: Normalization,
+    resolution: str,
+    geo: Geometry,
+    batch_size: int,
+) -> scene.Predictor:
+    """predict(f32[N, S, S, C] raw, bool valid) -> f32[N, S/p, S/p, F] features, NaN on cells
+    without a valid pixel."""
+    transform = norm.transform(spec)
+
+    def features(model, images):
+        out = model.features(images, spec)
+        return out["pooled"][:, None, None] if resolution == "window" else out["levels"][-1]
+
+    encode = data_parallel(encoders.jit_with_modules(features, encoder.model), batch_size)
+
+    def predict(images: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        normalised = np.stack(
+            [
+                transform.map({IMAGE_KEY: x, valid_key(IMAGE_KEY): v})[IMAGE_KEY]
+                for x, v in zip(images, valid)
+            ]
+        )
+        out = encode(normalised)
+        return np.where(cells_with_data(valid, geo.out_stride)[..., None], out, np.nan)
+
+    return predict
+
+
+def fingerprint(encoder: encoders.Encoder, geo: Geometry, resolution: str, norm: Normalization):
+    """Everything that decides the stored values, readable in a refusal to resume."""
+    return (
+        f"{encoder.ref}@step={encoder.step} {resolution} window={geo.window} stride={geo.stride}"
+        f" {norm.method} stats={norm.source} #{norm.digest()}"
+    )
+
+
+def km2_per_px(cube: cube_lib.Cube) -> float | None:
+    """Area of one pixel in km^2; None when the CRS is geographic or absent."""
+    if cube.crs is None or not cube.crs.is_projected:
+        return None
+    metres = cube.crs.linear_units_factor[1]
+    t = cube.transform
+    return abs(t.a * t.e - t.b * t.d) * metres**2 / 1e6
+
+
+class Progress:
+    """A tqdm bar over this process's tiles with windows/s and km^2/s (px/s without a projected
+    CRS); `callback` goes to `run_scene` and passes each report on to `then`."""
+
+    def __init__(
+        self,
+        tiles: list[tiling.Tile],
+        done: int,
+        km2: float | None,
+        then: Callable[[dict[str, Any]], None] | None,
+        show: bool,
+    ):
+        self.px = {(t.row, t.col): (t.y1 - t.y0) * (t.x1 - t.x0) for t in tiles}
+        self.km2, self.then, self.px_done = km2, then, 0
+        self.bar = tqdm.tqdm(total=len(tiles), initial=done, unit="tile", disable=not show)
+
+    def area_rate(self, seconds: float) -> dict[str, float]:
+        """{"km2_per_s" or "px_per_s": rate} of the tiles computed so far."""
+        rate = self.px_done / seconds if seconds > 0 else 0.0
+        return {"px_per_s": rate} if self.km2 is None else {"km2_per_s": rate * self.km2}
+
+    def callback(self, report: dict[str, Any]) -> None:
+        self.px_done += self.px[report["tile"]]
+        rates = {"windows/s": report["windows_per_s"], **self.area_rate(report["seconds"])}
+        self.bar.set_postfix({k.replace("_per_", "/"): f"{v:.3g}" for k, v in rates.items()})
+        self.bar.update(1)
+        if self.then is not None:
+            self.then(report)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def summary_path(output: str | os.PathLike) -> Path:
+    """`OUT.summary.json` beside the store `OUT.zarr`."""
+    output = Path(output)
+    return output.with_name(output.stem + ".summary.json")
+
+
+def open_store(output, cube: cube_lib.Cube, geo: Geometry, fp: str) -> SceneStore:
+    """The embedding store of `cube` at `output`: new, or the one to resume."""
+    return SceneStore(
+        output,
+        height=cube.height,
+        width=cube.width,
+        features=geo.features,
+        tile=geo.tile,
+        fingerprint=fp,
+        out_stride=geo.out_stride,
+        variable=VARIABLE,
+    )
+
+
+def shared_store(output, cube: cube_lib.Cube, geo: Geometry, fp: str) -> SceneStore:
+    """The store, created by process 0 before any other process opens it."""
+    first = jax.process_index() == 0
+    store = open_store(output, cube, geo, fp) if first else None
+    multihost_utils.sync_global_devices("eofm:embed_store_created")
+    return store if first else open_store(output, cube, geo, fp)
+
+
+def embed_scene(
+    encoder: str | encoders.Encoder,
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    sensor: str,
+    bands: tuple[str, ...] | None = None,
+    file_bands: tuple[str, ...] | None = None,
+    resolution: str = "tokens",
+    stride_fraction: float = 0.5,
+    tile: int = 1024,
+    batch_size: int = 8,
+    stats: str | None = None,
+    seed: int = 0,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Embeds the scene `input` into the Zarr store `output`, resuming at the tiles not done.
+
+    Args:
+      encoder: a reference for `encoders.load_encoder` (WORKDIR or random:CONFIG[:ARGS]), or a
+        loaded encoder.
+      input: a scene `cube_lib.open_cube` reads (GeoTIFF, COG, VRT, Zarr, NetCDF).
+      output: the store's directory (e.g. OUT.zarr); its summary goes to OUT.summary.json.
+      sensor, bands, file_bands: as `cube_lib.open_cube`.
+      resolution: "tokens" or "window" (module docstring).
+      stride_fraction: the window stride as a fraction of S ("tokens" only).
+      tile: the tile side in px (the store's chunk), rounded up to a multiple of the cell.
+      batch_size: windows per encoder call.
+      stats: "encoder", "scene" or None (the encoder's when it has them); see `normalization`.
+      seed: the seed of the scene sample of `stats="scene"`.
+      progress: called after each tile with `run_scene`'s report.
+      show_progress: draw the tqdm bar.
+
+    Returns:
+      The summary (also written beside the store by process 0): `run_scene`'s counts and rates,
+      km2_per_s (or px_per_s), peak_rss_mib, the normalisation and the settings.
+    """
+    if not isinstance(encoder, encoders.Encoder):
+        encoder = encoders.load_encoder(encoder)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size={batch_size} must be positive")
+    cube = cube_lib.open_cube(input, sensor=sensor, bands=bands, file_bands=file_bands)
+    zero_filled = encoder.missing_bands(cube.spec)  # names encoder and bands if it cannot read
+    geo = geometry(encoder, cube.spec, resolution, stride_fraction, tile)
+    norm = normalization(encoder, cube, stats, seed)
+    store = shared_store(output, cube, geo, fingerprint(encoder, geo, resolution, norm))
+    index, count = jax.process_index(), jax.process_count()
+    mine = tiling.tiles(cube.height, cube.width, geo.tile)[index::count]
+    done = store.done_tiles()
+    bar = Progress(
+        mine, sum((t.row, t.col) in done for t in mine), km2_per_px(cube), progress, show_progress
+    )
+    try:
+        counts = scene.run_scene(
+            cube.read,
+            cube.height,
+            cube.width,
+            geo.window,
+            geo.stride,
+            geo.tile,
+            make_predictor(encoder, cube.spec, norm, resolution, geo, batch_size),
+            store,
+            batch_size=batch_size,
+            out_stride=geo.out_stride,
+            process_index=index,
+            process_count=count,
+            progress=bar.callback,
+        )
+    finally:
+        bar.close()
+    multihost_utils.sync_global_devices("eofm:embed_tiles_done")
+    attrs = {
+        "encoder": encoder.ref,
+        "step": encoder.step,
+        "feature_definition": feature_definition(encoder, resolution),
+        "resolution": resolution,
+        "normalisation": f"{norm.method}, statistics: {norm.source}",
+    }
+    summary = {
+        **counts,
+        **bar.area_rate(counts["seconds"]),
+        "peak_rss_mib": peak_rss_mib(),
+        "output": str(output),
+        "settings": {
+            "input": str(input),
+            "sensor": cube.spec.sensor,
+            "bands": list(cube.spec.bands),
+            "zero_filled_bands": list(zero_filled),
+            **dataclasses.asdict(geo),
+            "batch_size": batch_size,
+            "devices": jax.local_device_count(),
+            "process_count": count,
+            **attrs,
+        },
+    }
+    if index == 0:
+        names = [
+            f"{'pooled' if resolution == 'window' else 'token'}_{i}" for i in range(geo.features)
+        ]
+        store.finalize(cube.crs, cube.transform, feature_names=names, attrs=attrs)
+        files.write_text_atomic(summary_path(output), json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def feature_definition(encoder: encoders.Encoder, resolution: str) -> str:
+    """What a stored feature vector is."""
+    which = (
+        "the pooled vector of the window covering the cell"
+        if resolution == "window"
+        else "the last feature level at the cell, blended over overlapping windows"
+    )
+    return f"{which}. {encoder.feature_definition}".strip()
