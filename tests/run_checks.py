@@ -1,5 +1,8 @@
-"""Helpers for tests that prove a run stopped early, resumed, or left a directory alone."""
+"""Helpers for tests that prove a run stopped early, resumed, or left a directory alone, and that
+run the scripts."""
 
+import importlib.util
+import sys
 from pathlib import Path
 
 
@@ -34,3 +37,12 @@ class CountingSource:
 
     def reads_from(self):
         return self.source.reads_from()
+
+
+def load_script(path: Path):
+    """The module of a script (e.g. scripts/infer_scene.py), imported under its file name."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

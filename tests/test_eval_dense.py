@@ -13,6 +13,7 @@ from run_checks import must_not_run
 from eofm.data.spec import SensorSpec
 from eofm.eval import dense, encoders, windows
 from eofm.eval import fit as fit_lib
+from eofm.infer import tiling
 from eofm.train import validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,9 +35,9 @@ def test_sliding_window_reassembles_the_scene(shape):
 
 
 def test_window_starts_cover_the_scene():
-    assert windows.starts(70, 32, 16) == [0, 16, 32, 38]
-    assert windows.starts(32, 32, 16) == [0]
-    assert windows.starts(20, 32, 16) == [0]  # padded to one window
+    assert tiling.starts(70, 32, 16) == [0, 16, 32, 38]
+    assert tiling.starts(32, 32, 16) == [0]
+    assert tiling.starts(20, 32, 16) == [0]  # padded to one window
 
 
 def test_masked_cross_entropy_ignores_unlabelled_pixels():

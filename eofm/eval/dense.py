@@ -12,8 +12,10 @@ Protocol (PANGAEA-like):
   90-degree rotation and flip, the same for every key and the mask), cross-entropy over labelled
   pixels only, with the shared training loop (`eofm.eval.fit`, in WORKDIR/fit); the encoder
   frozen (fit.finetune=True trains it with LLRD).
-- Inference: sliding windows of the native size with `window_stride` overlap, logits averaged;
-  scenes smaller than a window are padded by reflection.
+- Inference: sliding windows of the native size with `window_stride` overlap, logits blended
+  with smooth weights that fall towards each window's edge (those of whole-scene inference, so
+  scripts/infer_scene.py --head maps a scene as the evaluation does); scenes smaller than a
+  window are padded by reflection.
 - Segmentation reports miou_macro, iou_micro, oa and mf1; change detection the change class's
   precision, recall, f1 and iou over labelled pixels.
 - Change detection: one encoder applied to both dates (Siamese); per feature level the grids are
@@ -44,6 +46,7 @@ from eofm.data import datasets, normalize, stats
 from eofm.data.spec import SensorSpec, specs_to_json, valid_key
 from eofm.eval import corruptions, encoders, heads, metrics, plots, report, windows
 from eofm.eval import fit as fit_lib
+from eofm.infer import tiling
 
 
 @dataclasses.dataclass
@@ -526,8 +529,8 @@ def _overlay(test: list[Scene], preds: list[np.ndarray], key: str, window: int, 
         rgb = plots.display_rgb(scene.raw[key], _rgb_indices(scene.specs[key]))
         h, w = scene.mask.shape
         size = min(window, h, w)
-        for y in windows.starts(h, size, size):
-            for x in windows.starts(w, size, size):
+        for y in tiling.starts(h, size, size):
+            for x in tiling.starts(w, size, size):
                 box = (slice(y, y + size), slice(x, x + size))
                 tiles.append(
                     (int((scene.mask[box] >= 0).sum()), rgb[box], scene.mask[box], pred[box])

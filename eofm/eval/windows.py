@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from eofm.data import augment, pipeline
+from eofm.infer import tiling
 
 # Length of the index source of the training windows: any number works, an index only seeds a
 # draw (see `TrainingWindows.random_map`).
@@ -27,14 +28,6 @@ def pad_to(x: np.ndarray, size: int) -> np.ndarray:
     return np.pad(x, [(0, ph), (0, pw)] + [(0, 0)] * (x.ndim - 2), mode="symmetric")
 
 
-def starts(n: int, window: int, stride: int) -> list[int]:
-    """Window starts every `stride` px along an axis of n px, the last one flush with the end."""
-    out = list(range(0, max(n - window, 0) + 1, stride))
-    if out[-1] != max(n - window, 0):
-        out.append(n - window)
-    return out
-
-
 def sliding_window(
     predict: Callable[[dict[str, np.ndarray]], jax.Array],
     images: dict[str, np.ndarray],
@@ -43,27 +36,30 @@ def sliding_window(
     num_classes: int,
     batch_size: int = 8,
 ) -> np.ndarray:
-    """Logits f32[H, W, K] of whole scenes {key: [H, W, C]}, averaged over overlapping windows.
+    """Logits f32[H, W, K] of whole scenes {key: [H, W, C]}, blended over overlapping windows.
 
-    `predict` maps {key: [N, window, window, C]} to logits [N, window, window, K].
+    `predict` maps {key: [N, window, window, C]} to logits [N, window, window, K]; every call
+    gets N = batch_size windows (the last batch is padded with repeats and cut). The windows and
+    the smooth blend are those of whole-scene inference (`eofm.infer.tiling`): a scene map made
+    by scripts/infer_scene.py with the same head equals this one.
     """
     h, w = next(iter(images.values())).shape[:2]
     padded = {k: pad_to(v, window) for k, v in images.items()}
     hp, wp = next(iter(padded.values())).shape[:2]
-    corners = [(y, x) for y in starts(hp, window, stride) for x in starts(wp, window, stride)]
-    total = np.zeros((hp, wp, num_classes), np.float32)
-    count = np.zeros((hp, wp, 1), np.float32)
+    scene = tiling.Tile(0, 0, 0, hp, 0, wp)
+    corners = tiling.windows_for(scene, window, stride, hp, wp)
+    weights = tiling.blend_weights(window, tiling.overlap_for(window, stride))
+    accumulator = tiling.TileAccumulator(scene, weights, 1, num_classes)
     for i in range(0, len(corners), batch_size):
         chunk = corners[i : i + batch_size]
+        full = chunk + chunk[-1:] * (batch_size - len(chunk))
         batch = {
-            k: np.stack([v[y : y + window, x : x + window] for y, x in chunk])
+            k: np.stack([v[y : y + window, x : x + window] for y, x in full])
             for k, v in padded.items()
         }
-        logits = np.asarray(predict(batch))
-        for (y, x), out in zip(chunk, logits):
-            total[y : y + window, x : x + window] += out
-            count[y : y + window, x : x + window] += 1
-    return (total / count)[:h, :w]
+        accumulator.add(chunk, np.asarray(predict(batch))[: len(chunk)])
+    logits, _ = accumulator.result()
+    return logits[:h, :w]
 
 
 def window_sums(x: np.ndarray, size: int) -> np.ndarray:

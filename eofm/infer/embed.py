@@ -21,26 +21,22 @@ n takes tiles i::n of one shared store, which process 0 creates first and finali
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import resource
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
-import tqdm
 from jax.experimental import multihost_utils
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from eofm import files
 from eofm.data import cube as cube_lib
 from eofm.data import normalize, sources, stats
 from eofm.data.spec import SensorSpec, valid_key
 from eofm.eval import encoders
-from eofm.infer import scene, tiling
+from eofm.infer import runner, scene, tiling
 from eofm.infer.store import SceneStore
 
 RESOLUTIONS = ("tokens", "window")
@@ -77,8 +73,7 @@ class Normalization:
 
     def digest(self) -> str:
         """A short hash of the statistics (they decide every value)."""
-        text = json.dumps(self.band_stats, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return runner.digest(json.dumps(self.band_stats, sort_keys=True))
 
 
 def geometry(
@@ -152,22 +147,6 @@ def normalization(
     return Normalization(method, band_stats, source)
 
 
-def data_parallel(fn: Callable[[jax.Array], jax.Array], batch_size: int):
-    """images f32[N, ...] (N <= batch_size) -> numpy fn(images)[:N], the batch padded to one
-    fixed size divisible by the local devices and split over them."""
-    devices = jax.local_devices()
-    mesh = Mesh(np.asarray(devices), ("data",), axis_types=(AxisType.Auto,))
-    sharding = NamedSharding(mesh, PartitionSpec("data"))
-    padded = -(-batch_size // len(devices)) * len(devices)
-
-    def apply(images: np.ndarray) -> np.ndarray:
-        n = len(images)
-        batch = np.pad(images, ((0, padded - n),) + ((0, 0),) * (images.ndim - 1))
-        return np.asarray(fn(jax.device_put(batch, sharding)))[:n]
-
-    return apply
-
-
 def cells_with_data(valid: np.ndarray, out_stride: int) -> np.ndarray:
     """bool[N, S/p, S/p]: output cells with at least one valid pixel of bool[N, S, S, C]."""
     n, s = valid.shape[:2]
@@ -191,7 +170,7 @@ def make_predictor(
         out = model.features(images, spec)
         return out["pooled"][:, None, None] if resolution == "window" else out["levels"][-1]
 
-    encode = data_parallel(encoders.jit_with_modules(features, encoder.model), batch_size)
+    encode = runner.data_parallel(encoders.jit_with_modules(features, encoder.model), batch_size)
 
     def predict(images: np.ndarray, valid: np.ndarray) -> np.ndarray:
         normalised = np.stack(
@@ -206,59 +185,19 @@ def make_predictor(
     return predict
 
 
-def fingerprint(encoder: encoders.Encoder, geo: Geometry, resolution: str, norm: Normalization):
+def fingerprint(
+    encoder: encoders.Encoder,
+    cube: cube_lib.Cube,
+    geo: Geometry,
+    resolution: str,
+    norm: Normalization,
+) -> str:
     """Everything that decides the stored values, readable in a refusal to resume."""
     return (
-        f"{encoder.ref}@step={encoder.step} {resolution} window={geo.window} stride={geo.stride}"
+        f"{encoder.ref}@step={encoder.step} on {os.path.abspath(cube.path)}"
+        f" {list(cube.spec.bands)} {resolution} window={geo.window} stride={geo.stride}"
         f" {norm.method} stats={norm.source} #{norm.digest()}"
     )
-
-
-def km2_per_px(cube: cube_lib.Cube) -> float | None:
-    """Area of one pixel in km^2; None when the CRS is geographic or absent."""
-    if cube.crs is None or not cube.crs.is_projected:
-        return None
-    metres = cube.crs.linear_units_factor[1]
-    t = cube.transform
-    return abs(t.a * t.e - t.b * t.d) * metres**2 / 1e6
-
-
-class Progress:
-    """A tqdm bar over this process's tiles with windows/s and km^2/s (px/s without a projected
-    CRS); `callback` goes to `run_scene` and passes each report on to `then`."""
-
-    def __init__(
-        self,
-        tiles: list[tiling.Tile],
-        done: int,
-        km2: float | None,
-        then: Callable[[dict[str, Any]], None] | None,
-        show: bool,
-    ):
-        self.px = {(t.row, t.col): (t.y1 - t.y0) * (t.x1 - t.x0) for t in tiles}
-        self.km2, self.then, self.px_done = km2, then, 0
-        self.bar = tqdm.tqdm(total=len(tiles), initial=done, unit="tile", disable=not show)
-
-    def area_rate(self, seconds: float) -> dict[str, float]:
-        """{"km2_per_s" or "px_per_s": rate} of the tiles computed so far."""
-        rate = self.px_done / seconds if seconds > 0 else 0.0
-        return {"px_per_s": rate} if self.km2 is None else {"km2_per_s": rate * self.km2}
-
-    def callback(self, report: dict[str, Any]) -> None:
-        self.px_done += self.px[report["tile"]]
-        rates = {"windows/s": report["windows_per_s"], **self.area_rate(report["seconds"])}
-        self.bar.set_postfix({k.replace("_per_", "/"): f"{v:.3g}" for k, v in rates.items()})
-        self.bar.update(1)
-        if self.then is not None:
-            self.then(report)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def summary_path(output: str | os.PathLike) -> Path:
@@ -279,14 +218,6 @@ def open_store(output, cube: cube_lib.Cube, geo: Geometry, fp: str) -> SceneStor
         out_stride=geo.out_stride,
         variable=VARIABLE,
     )
-
-
-def shared_store(output, cube: cube_lib.Cube, geo: Geometry, fp: str) -> SceneStore:
-    """The store, created by process 0 before any other process opens it."""
-    first = jax.process_index() == 0
-    store = open_store(output, cube, geo, fp) if first else None
-    multihost_utils.sync_global_devices("eofm:embed_store_created")
-    return store if first else open_store(output, cube, geo, fp)
 
 
 def embed_scene(
@@ -335,12 +266,17 @@ def embed_scene(
     zero_filled = encoder.missing_bands(cube.spec)  # names encoder and bands if it cannot read
     geo = geometry(encoder, cube.spec, resolution, stride_fraction, tile)
     norm = normalization(encoder, cube, stats, seed)
-    store = shared_store(output, cube, geo, fingerprint(encoder, geo, resolution, norm))
+    fp = fingerprint(encoder, cube, geo, resolution, norm)
+    store = runner.shared_store(lambda: open_store(output, cube, geo, fp), "embed")
     index, count = jax.process_index(), jax.process_count()
     mine = tiling.tiles(cube.height, cube.width, geo.tile)[index::count]
     done = store.done_tiles()
-    bar = Progress(
-        mine, sum((t.row, t.col) in done for t in mine), km2_per_px(cube), progress, show_progress
+    bar = runner.Progress(
+        mine,
+        sum((t.row, t.col) in done for t in mine),
+        runner.km2_per_px(cube),
+        progress,
+        show_progress,
     )
     try:
         counts = scene.run_scene(
@@ -371,7 +307,7 @@ def embed_scene(
     summary = {
         **counts,
         **bar.area_rate(counts["seconds"]),
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": runner.peak_rss_mib(),
         "output": str(output),
         "settings": {
             "input": str(input),

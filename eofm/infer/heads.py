@@ -10,10 +10,9 @@ rebuilds the evaluation's predictor. The encoder reference of the run (a pretrai
 Only dense heads (segmentation, change detection) make maps: a classification run, whose head
 reads one pooled vector per image, is refused.
 
-The evaluation's class map of a scene is the argmax of the average of `logits` over its sliding
-windows (`eofm.eval.windows.sliding_window`); `predict` gives each window's class probabilities,
-whose average has the same argmax except where overlapping windows disagree (28 of 65,536 pixels
-of the Sen1Floods11 test rows for a briefly trained head).
+The evaluation's class map of a scene is the argmax of the blend of `logits` over its sliding
+windows (`eofm.eval.windows.sliding_window`); `eofm.infer.maps` makes the same map of scenes of
+any size. `predict` gives each window's class probabilities.
 """
 
 from __future__ import annotations

@@ -151,6 +151,11 @@ class SceneStore:
         self.group[VALID][rows, cols] = valid
         self.group[TILE_DONE][tile.row, tile.col] = True
 
+    def read_tile(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        """(values [h, w, F], valid bool[h, w]) of one tile as stored."""
+        rows, cols = tile.cells(self.out_stride)
+        return self.group[self.settings["variable"]][rows, cols, :], self.group[VALID][rows, cols]
+
     def done_tiles(self) -> set[tuple[int, int]]:
         """(row, col) of the tiles whose chunks are whole on disk."""
         done = self.group[TILE_DONE][...]

@@ -23,8 +23,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from eofm.eval.windows import starts
-
 # Weight of a window's outermost pixels relative to its centre: > 0 so that a pixel covered by
 # a single window (the scene's rim) still gets that window's output, small so that the step at a
 # window's edge is negligible next to the ramp.
@@ -51,6 +49,14 @@ class Tile:
         """(rows, cols) of the tile on the output grid of `out_stride` px per cell."""
         rows, cols = self.cells(out_stride)
         return rows.stop - rows.start, cols.stop - cols.start
+
+
+def starts(n: int, window: int, stride: int) -> list[int]:
+    """Window starts every `stride` px along an axis of n px, the last one flush with the end."""
+    out = list(range(0, max(n - window, 0) + 1, stride))
+    if out[-1] != max(n - window, 0):
+        out.append(n - window)
+    return out
 
 
 def check_geometry(window: int, stride: int, tile: int, out_stride: int) -> None:
