@@ -128,6 +128,18 @@ def test_a_run_saved_without_the_inference_metadata_is_told_to_rerun(copied_run)
         heads.load_head(copied_run)
 
 
+def test_the_head_loads_from_its_workdir_alone(floods_run, copied_run):
+    def encoder_gone(meta):
+        meta["inference"]["config"]["encoder"] = "/gone/pretraining_run"
+        meta["inference"]["encoder"]["ref"] = "/gone/pretraining_run"
+
+    _edit_meta(copied_run, encoder_gone)
+    moved, original = heads.load_head(copied_run), heads.load_head(floods_run[0])
+    assert moved.encoder.ref == "/gone/pretraining_run"
+    window = np.random.default_rng(0).normal(size=(2, 96, 96, 13)).astype(np.float32)
+    np.testing.assert_array_equal(moved.logits({"s2": window}), original.logits({"s2": window}))
+
+
 def test_a_classification_head_makes_no_map(copied_run):
     # What the fit of a classification run records.
     _edit_meta(copied_run, lambda meta: meta.update(inference={"task": "classification"}))

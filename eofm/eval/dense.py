@@ -457,6 +457,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
         "window": window,
         "stride": stride,
         "normalization": {"method": norm.method, "statistics": norm.training_stats(specs)},
+        "encoder": encoder.describe(),
     }
     sensors_read = "+".join(spec.sensor for spec in specs.values())
     model, head, history = fit_lib.fit(

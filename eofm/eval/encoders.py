@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from eofm.data import datasets, inputs
-from eofm.data.spec import SensorSpec
+from eofm.data.spec import SensorSpec, specs_to_json
 from eofm.models import family
 from eofm.train import checkpoint, loop, optim
 
@@ -43,7 +43,8 @@ class Encoder:
       image_size: native input size (inputs are resized, or windowed, to it).
       normalization: the pretraining normalisation method.
       trained_specs: the inputs it was pretrained on.
-      build: rngs -> a fresh (random) model of this family and shape.
+      model_config: what building the model needs: `model_name`, the `model` fields and
+        `data.image_size` (see `eofm.models.family.model_builder`).
       weights: {model state path: array}, the model's values.
       band_stats: {input key: {band: {"mean", "std", "p1", "p99", ...}}}, the per-band
         statistics its pretraining normalised with (empty for a random init).
@@ -56,9 +57,46 @@ class Encoder:
     image_size: int
     normalization: str
     trained_specs: dict[str, SensorSpec]
-    build: Callable[[nnx.Rngs], nnx.Module]
+    model_config: ml_collections.ConfigDict
     weights: dict[str, np.ndarray]
     band_stats: dict[str, dict[str, dict[str, float]]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def build(self) -> Callable[[nnx.Rngs], nnx.Module]:
+        """rngs -> a fresh (random) model of this family and shape."""
+        return family.model_builder(self.model_config, self.trained_specs)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON of everything but the weights: `from_description` rebuilds the encoder from it
+        and the weights alone (a finetune run stores it, so that its workdir is self-contained)."""
+        return {
+            "ref": self.ref,
+            "name": self.name,
+            "variant": self.variant,
+            "step": self.step,
+            "image_size": self.image_size,
+            "normalization": self.normalization,
+            "trained_specs": specs_to_json(self.trained_specs),
+            "model_config": self.model_config.to_dict(),
+            "band_stats": self.band_stats,
+        }
+
+    @classmethod
+    def from_description(cls, description: dict[str, Any], weights: dict[str, np.ndarray]):
+        """The encoder of `describe()`'s JSON with `weights` {model state path: array}."""
+        d = description
+        return cls(
+            d["ref"],
+            d["name"],
+            d["variant"],
+            d["step"],
+            d["image_size"],
+            d["normalization"],
+            inputs.specs_from_json(d["trained_specs"]),
+            ml_collections.ConfigDict(d["model_config"]),
+            weights,
+            d["band_stats"],
+        )
 
     @functools.cached_property
     def model(self) -> nnx.Module:
@@ -187,9 +225,9 @@ def _random(ref: str) -> Encoder:
     config = _load_config_file(ref[len("random:") :])
     source = datasets.make_source(config.data.source, **config.data.source_args)
     specs = inputs.input_specs(config.data, source.specs)
-    build = family.model_builder(config, specs)
+    model_config = _model_config(config.to_dict(), config.data.image_size)
     with nnx.use_eager_sharding(False):
-        model = build(nnx.Rngs(config.seed))
+        model = family.model_builder(model_config, specs)(nnx.Rngs(config.seed))
     weights = {
         optim.param_path(p): np.asarray(x)
         for p, x in jax.tree_util.tree_flatten_with_path(nnx.state(model))[0]
@@ -202,21 +240,20 @@ def _random(ref: str) -> Encoder:
         config.data.image_size,
         config.data.normalization,
         specs,
-        build,
+        model_config,
         weights,
     )
 
 
-def _model_config(meta: dict[str, Any]) -> ml_collections.ConfigDict:
-    """What building the model needs of a checkpoint's stored config: its family and model
+def _model_config(stored: dict[str, Any], image_size: int) -> ml_collections.ConfigDict:
+    """What building the model needs of a pretraining config (as a dict): its family and model
     fields, and the native size. The rest of that config (data roots, prepared shards) names paths
     of the run that wrote it, which evaluation never reads from or writes to."""
-    stored = meta["config"]
     return ml_collections.ConfigDict(
         {
             "model_name": stored["model_name"],
             "model": stored["model"],
-            "data": {"image_size": meta["image_size"]},
+            "data": {"image_size": image_size},
         }
     )
 
@@ -249,7 +286,7 @@ def _pretrained(ref: str) -> Encoder:
         meta["image_size"],
         meta["normalization"]["method"],
         specs,
-        family.model_builder(_model_config(meta), specs),
+        _model_config(meta["config"], meta["image_size"]),
         weights,
         meta["normalization"].get("stats", {}),
     )

@@ -1,11 +1,12 @@
 """Trained dense heads rebuilt for inference from a finetune WORKDIR, without the training data.
 
 A dense finetune run (`eofm.eval.dense.run`) records in the metadata of its checkpoints in
-WORKDIR/fit ("inference") its config, class names, input specs, window and stride, and the
-normalisation method with the per-band statistics of its training pixels; the checkpoints hold
-the head and the encoder as trained (frozen or finetuned). `load_head` reads them read-only and
-rebuilds the evaluation's predictor. The encoder reference of the run (a pretraining workdir or
-`random:CONFIG`) must still load: it gives the encoder's architecture, WORKDIR/fit its weights.
+WORKDIR/fit ("inference") its config, class names, input specs, window and stride, the
+normalisation method with the per-band statistics of its training pixels, and the encoder's
+description (`Encoder.describe`: family, model fields, pretraining inputs and statistics); the
+checkpoints hold the head and the encoder as trained (frozen or finetuned). `load_head` reads
+them read-only and rebuilds the evaluation's predictor from WORKDIR alone: the pretraining
+workdir of the encoder need not exist any more (e.g. on another machine).
 
 Only dense heads (segmentation, change detection) make maps: a classification run, whose head
 reads one pooled vector per image, is refused.
@@ -162,7 +163,7 @@ def load_head(workdir: str | Path) -> TrainedHead:
     config = ml_collections.ConfigDict(meta["config"])
     task = dense.dense_task(config)
     specs = inputs.specs_from_json(meta["inputs"])
-    encoder = _encoder(config.encoder, weights, fit_dir)
+    encoder = encoders.Encoder.from_description(meta["encoder"], _under(weights, ENCODER))
     level_shapes = task.level_shapes(encoder, specs)
     head = _with_weights(
         lambda: heads.dense_head(
@@ -208,11 +209,11 @@ def _inference_meta(step: int, meta: dict[str, Any], fit_dir: Path) -> dict[str,
     if (
         meta.get("format") != loop.CHECKPOINT_FORMAT
         or saved is None
-        or "normalization" not in saved
+        or not {"normalization", "encoder"} <= saved.keys()
     ):
         raise ValueError(
             f"{fit_dir}: its checkpoints were saved without what inference needs (config,"
-            f" classes, window, normalisation statistics); {RERUN}"
+            f" classes, window, normalisation statistics, the encoder's description); {RERUN}"
         )
     return saved
 
@@ -220,17 +221,6 @@ def _inference_meta(step: int, meta: dict[str, Any], fit_dir: Path) -> dict[str,
 def _under(weights: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     """{path without `prefix`: array} of the weights under `prefix`."""
     return {p[len(prefix) :]: v for p, v in weights.items() if p.startswith(prefix)}
-
-
-def _encoder(ref: str, weights: dict[str, np.ndarray], fit_dir: Path) -> encoders.Encoder:
-    """The encoder `ref` the head was trained on, with the weights of the fit."""
-    try:
-        encoder = encoders.load_encoder(ref)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"{fit_dir}: the head was trained on encoder {ref}, which does not load: {e}"
-        ) from e
-    return dataclasses.replace(encoder, weights=_under(weights, ENCODER))
 
 
 def _with_weights(
