@@ -40,6 +40,7 @@ import io
 import json
 import logging
 import os
+import threading
 import time
 import zipfile
 import zlib
@@ -75,9 +76,16 @@ def encode_example(sample: Mapping[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+# np.load parses each array's header with ast.literal_eval, which CPython 3.11 can fail with
+# "SystemError: AST constructor recursion depth mismatch" when threads call it at once (CPython
+# issue 106905); grain's reader threads decode concurrently. The records are uncompressed npz,
+# so decoding under one lock costs a copy per array.
+_DECODE_LOCK = threading.Lock()
+
+
 def decode_example(record: bytes) -> dict[str, Any]:
     """Inverse of `encode_example`; string scalars come back as `str`."""
-    with np.load(io.BytesIO(record), allow_pickle=False) as z:
+    with _DECODE_LOCK, np.load(io.BytesIO(record), allow_pickle=False) as z:
         out = {k: z[k] for k in z.files}
     return {k: str(v) if v.dtype.kind == "U" and v.ndim == 0 else v for k, v in out.items()}
 

@@ -81,6 +81,13 @@ class MetricsWriter:
             self._tb.close()
 
 
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl in order; torn lines are dropped with a warning."""
+    lines = Path(path).read_text().splitlines()
+    records = (_parse_record(line, f"{path}:{n}") for n, line in enumerate(lines, start=1))
+    return [r for r in records if r is not None]
+
+
 def _parse_record(line: str, where: str) -> dict[str, Any] | None:
     """The record of one metrics.jsonl line; None for a blank or torn line."""
     if not line.strip():
