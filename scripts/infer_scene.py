@@ -29,8 +29,11 @@ pretrain/main.py; each process takes its share of the tiles.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+
+import jax
 
 from eofm import parallel
 from eofm.infer import embed, maps
@@ -143,6 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run_embeddings(args) if args.head is None else run_map(args)
     except (ValueError, FileNotFoundError) as e:
+        if jax.process_count() > 1:
+            # The other processes wait for this one at a barrier: exit at once rather than in
+            # jax's shutdown barrier, which would hold every process for minutes.
+            print(f"scripts/infer_scene.py: {e}", file=sys.stderr, flush=True)
+            os._exit(1)
         sys.exit(f"scripts/infer_scene.py: {e}")
     area = (
         f"{summary['km2_per_s']:.3g} km^2/s"

@@ -11,8 +11,8 @@ keyed by the "/"-joined leaf path). The checksums are computed on device from th
 they are the same whatever the sharding or the number of devices, and every restore verifies them.
 
 Restoring walks back from the newest step: a checkpoint that fails to load (truncated or deleted
-files) or whose arrays do not match their checksums is moved aside to WORKDIR/checkpoints_unreadable/
-with a warning, and the previous one is used. A read-only `Checkpointer` (for consumers such as an
+files) or whose arrays do not match their checksums is moved aside to
+WORKDIR/checkpoints_unreadable/ with a warning, and the previous one is used. A read-only `Checkpointer` (for consumers such as an
 evaluation) writes nothing: it skips such a checkpoint with a warning and leaves it in place.
 A checkpoint of another model (name, variant or parameter shapes) is an error, not a fallback.
 Arrays are restored directly onto the shardings of the abstract state given, so a run saved on 8
@@ -181,13 +181,20 @@ class Checkpointer:
         {"/"-joined path: array}, read without a target structure onto this process's first
         device, whatever the topology that saved them (to initialise another run from it, e.g. a
         later training stage, or to load an encoder)."""
-        # Saved shardings may name devices this process does not have (another topology).
+        # Saved shardings may name devices this process does not have (another topology), or
+        # devices of other processes (a multi-process run): every array goes to this device.
         here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
+        def on_this_device(leaf: Any) -> Any:
+            if isinstance(leaf, ocp.metadata.ArrayMetadata):
+                return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=here)
+            return leaf
+
         def load(step: int) -> Any:
+            saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
             restored = self._restore(
                 step,
-                state=ocp.args.StandardRestore(fallback_sharding=here),
+                state=ocp.args.StandardRestore(jax.tree.map(on_this_device, saved.tree)),
                 meta=ocp.args.JsonRestore(),
             )
             verify_checksums(restored["state"], restored["meta"], self.directory / str(step))
