@@ -323,13 +323,20 @@ def _shard_names(name: str, num_shards: int) -> list[str]:
     return [f"{name}-{i:05d}-of-{num_shards:05d}.array_record" for i in range(num_shards)]
 
 
+def _shard_bounds(index: int, examples_per_shard: int, num: int) -> tuple[int, int]:
+    """[lo, hi) of the examples of shard `index` when `num` examples are cut every
+    `examples_per_shard`."""
+    return index * examples_per_shard, min(num, (index + 1) * examples_per_shard)
+
+
 def _shard_ranges(entries: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
     ends = np.cumsum([e["num_examples"] for e in entries]).tolist()
     return [(end - e["num_examples"], end) for end, e in zip(ends, entries)]
 
 
-def _write_shard(path: Path, records: Sequence[bytes]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def _write_shard(path: Path, records: Sequence[bytes], tmp: Path | None = None) -> None:
+    """Writes `records` to `tmp` (default: `path` + ".tmp"), then renames it to `path`."""
+    tmp = tmp or path.with_name(path.name + ".tmp")
     writer = array_record_module.ArrayRecordWriter(os.fspath(tmp), "group_size:1")
     for record in records:
         writer.write(record)
@@ -338,17 +345,23 @@ def _write_shard(path: Path, records: Sequence[bytes]) -> None:
 
 
 def _shard_from_source(
-    source: Any, path: Path, lo: int, hi: int, on_sample: Callable[[dict], None]
+    source: Any,
+    path: Path,
+    lo: int,
+    hi: int,
+    on_sample: Callable[[dict], None],
+    tmp: Path | None = None,
 ) -> dict[str, Any]:
-    """Writes examples [lo, hi) of `source` to `path`; returns its journal entry (file,
-    num_examples, bytes, crc32, out_of_range: {key: {file: {band: pixels}}})."""
+    """Writes examples [lo, hi) of `source` to `path` through the temporary file `tmp` (default:
+    `path` + ".tmp"); returns its journal entry (file, num_examples, bytes, crc32, out_of_range:
+    {key: {file: {band: pixels}}})."""
     report = validity.OutOfRangeReport()
     records = []
     for i in range(lo, hi):
         sample = report.collect(source.__getitem__, i)
         on_sample(sample)
         records.append(encode_example(sample))
-    _write_shard(path, records)
+    _write_shard(path, records, tmp)
     entry = {"file": path.name, "num_examples": hi - lo, **_file_check(path)}
     return {**entry, "out_of_range": report.counts}
 
@@ -501,6 +514,18 @@ class _Statistics:
         return {k: acc.result() for k, acc in self.accumulators.items()}
 
 
+def _split_out_of_range(
+    entries: Sequence[Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], validity.OutOfRangeReport]:
+    """(manifest entries, out-of-range report of all shards) from journal entries in shard order."""
+    shards, out_of_range = [], validity.OutOfRangeReport()
+    for entry in entries:
+        for key, counts in entry["out_of_range"].items():
+            out_of_range.add(key, counts)
+        shards.append({k: v for k, v in entry.items() if k != "out_of_range"})
+    return shards, out_of_range
+
+
 def _write_shards(
     source: Any,
     directory: Path,
@@ -514,9 +539,9 @@ def _write_shards(
     report."""
     num = len(source)
     names = _shard_names(name, -(-num // examples_per_shard))
-    shards, out_of_range = [], validity.OutOfRangeReport()
+    entries = []
     for index, shard_name in enumerate(names):
-        lo, hi = index * examples_per_shard, min(num, (index + 1) * examples_per_shard)
+        lo, hi = _shard_bounds(index, examples_per_shard, num)
         path = directory / shard_name
         entry = finished.get(shard_name)
         problem = "not finished" if entry is None else _shard_problem(path, entry)
@@ -528,10 +553,37 @@ def _write_shards(
                 _log.warning("%s: %s; writing it again", path, problem)
             entry = _shard_from_source(source, path, lo, hi, statistics.add)
             _append_journal(directory, entry)
-        for key, counts in entry["out_of_range"].items():
-            out_of_range.add(key, counts)
-        shards.append({k: v for k, v in entry.items() if k != "out_of_range"})
-    return shards, out_of_range
+        entries.append(entry)
+    return _split_out_of_range(entries)
+
+
+def _manifest(
+    source: Any,
+    *,
+    name: str,
+    description: str,
+    fingerprint: Mapping[str, Any],
+    shards: Sequence[Mapping[str, Any]],
+    features: Mapping[str, dict] | None,
+    licence: str,
+    citation: str,
+) -> dict[str, Any]:
+    """The manifest of a complete preparation of `source` into `shards` (their manifest entries)."""
+    return {
+        "format": FORMAT,
+        "name": name,
+        "description": description,
+        "num_examples": len(source),
+        "fingerprint": fingerprint,
+        "shards": list(shards),
+        "specs": specs_to_json(source.specs),
+        "features": features,
+        "label_names": getattr(source, "label_names", None),
+        "licence": licence,
+        "citation": citation,
+        "source": repr(source),
+        "stats": STATS,
+    }
 
 
 def prepare(
@@ -598,21 +650,16 @@ def prepare(
         sensors={k: s.sensor for k, s in specs.items()},
         out_of_range=out_of_range.counts,
     )
-    manifest = {
-        "format": FORMAT,
-        "name": name,
-        "description": description,
-        "num_examples": num,
-        "fingerprint": fingerprint,
-        "shards": shards,
-        "specs": specs_to_json(specs),
-        "features": statistics.features,
-        "label_names": getattr(source, "label_names", None),
-        "licence": licence,
-        "citation": citation,
-        "source": repr(source),
-        "stats": STATS,
-    }
+    manifest = _manifest(
+        source,
+        name=name,
+        description=description,
+        fingerprint=fingerprint,
+        shards=shards,
+        features=statistics.features,
+        licence=licence,
+        citation=citation,
+    )
     files.write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
     (directory / JOURNAL).unlink()
     return manifest
