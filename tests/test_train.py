@@ -20,6 +20,7 @@ from flax import nnx
 
 from eofm.data import arrayrecord, datasets, pipeline
 from eofm.train import checkpoint, loop
+from eofm.train import metrics as metrics_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -427,3 +428,18 @@ def test_two_processes_train_together(prepared, tmp_path):
     assert "process 0/2" in outs[0] and "process 1/2" in outs[1]
     assert sorted(_losses(tmp_path)) == [1, 2, 3, 4]  # process 0 logs every step
     assert (tmp_path / "checkpoints" / "4").is_dir()
+
+
+def test_progress_line_between_logged_steps_names_the_examples(capsys, monkeypatch):
+    clock = iter([0.0, 10.0, 20.0, 22.0, 24.0, 24.0, 60.0])
+    monkeypatch.setattr(metrics_lib.time, "perf_counter", lambda: next(clock))
+    progress = metrics_lib.Progress(100, 8, "windows", show=True, every_s=30.0)  # shown_at 0
+    progress.step_done(1)  # t 10: compiling
+    progress.step_done(2)  # t 20
+    progress.step_done(3)  # t 22
+    assert not progress.due()  # t 24
+    progress.show(3, {"loss": 0.5, "lr": 1e-3})  # shown_at 24
+    assert progress.due()  # t 60
+    line = capsys.readouterr().out
+    # 2 steps in 12 s after the first: 6 s per step, 8 / 6 windows per second, 97 steps left.
+    assert line.strip() == "step 3/100 | loss 0.5000 | lr 1.00e-03 | 1.3 windows/s | ETA 9m42s"

@@ -14,7 +14,7 @@ import io
 import json
 import os
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,52 @@ from eofm.data.sources import (
     find_band_files,
 )
 from eofm.data.spec import SensorSpec, check_band_count, image_and_mask, valid_key
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+
+# Names that mean the same split, compared case-insensitively.
+SPLIT_ALIASES = (("train", "training"), ("val", "valid", "validation"), ("test", "testing"))
+
+
+def split_aliases(split: str) -> set[str]:
+    """Lower-cased names meaning `split`: its alias group, or the name alone."""
+    name = split.lower()
+    return next((set(group) for group in SPLIT_ALIASES if name in group), {name})
+
+
+def matching_splits(split: str, present: Iterable[str], *, where: str | os.PathLike) -> list[str]:
+    """The names among `present` that mean `split` ("val" finds "validation", ...).
+
+    Raises:
+        ValueError: naming `where` and the split names present, when none means `split`.
+    """
+    present = sorted(set(present))
+    wanted = split_aliases(split)
+    found = [name for name in present if name.lower() in wanted]
+    if not found:
+        raise ValueError(f"{where}: no split {split!r}; the splits present are {present}")
+    return found
+
+
+def rows_of_split(
+    rows: Sequence[Mapping[str, Any]], split: str | None, *, where: str | os.PathLike
+) -> list[Mapping[str, Any]]:
+    """The rows whose "split" means `split` (all rows for None)."""
+    if split is None:
+        return list(rows)
+    if any("split" not in row for row in rows):
+        raise ValueError(f"{where} has no split column, so split={split!r} selects nothing")
+    names = matching_splits(split, (row["split"] for row in rows), where=where)
+    return [row for row in rows if row["split"] in names]
+
+
+def require_examples(count: int, root: str | os.PathLike, split: str | None) -> None:
+    """Raises a ValueError naming `root` and `split` when a source would have no example."""
+    if count == 0:
+        in_split = "" if split is None else f" in split {split!r}"
+        raise ValueError(f"{root}: no examples{in_split}")
+
 
 # ---------------------------------------------------------------------------------------------
 # EuroSAT-MS
@@ -85,12 +131,12 @@ def eurosat_ms(
     """EuroSAT-MS: 64x64 Sentinel-2 L1C patches, 13 bands (reflectance x 1e4), 10 classes.
 
     `root` holds `labels.csv` (path, class_name, class_index, split). Bands are yielded in the order
-    requested (default: ESA order, all 13), whatever the order inside the files.
+    requested (default: ESA order, all 13), whatever the order inside the files. `split` accepts
+    the aliases of `SPLIT_ALIASES`.
     """
     root = Path(root)
-    rows = _read_csv(root / "labels.csv")
-    if split is not None:
-        rows = [r for r in rows if r["split"] == split]
+    rows = rows_of_split(_read_csv(root / "labels.csv"), split, where=root / "labels.csv")
+    require_examples(len(rows), root, split)
     spec = SensorSpec("sentinel2_l1c", tuple(bands)) if bands else SensorSpec.full("sentinel2_l1c")
     return GeoTiffSource(
         [root / r["path"] for r in rows],
@@ -134,6 +180,55 @@ BIGEARTHNET_19_CLASSES = (
     "Marine waters",
 )
 
+# The 43 CORINE Land Cover level-3 classes of BigEarthNet v1 (Sumbul et al., IGARSS 2019), in the
+# order and spelling of the "original_labels" of the label_indices.json that BigEarthNet v1 ships.
+BIGEARTHNET_43_CLASSES = (
+    "Continuous urban fabric",
+    "Discontinuous urban fabric",
+    "Industrial or commercial units",
+    "Road and rail networks and associated land",
+    "Port areas",
+    "Airports",
+    "Mineral extraction sites",
+    "Dump sites",
+    "Construction sites",
+    "Green urban areas",
+    "Sport and leisure facilities",
+    "Non-irrigated arable land",
+    "Permanently irrigated land",
+    "Rice fields",
+    "Vineyards",
+    "Fruit trees and berry plantations",
+    "Olive groves",
+    "Pastures",
+    "Annual crops associated with permanent crops",
+    "Complex cultivation patterns",
+    "Land principally occupied by agriculture, with significant areas of natural vegetation",
+    "Agro-forestry areas",
+    "Broad-leaved forest",
+    "Coniferous forest",
+    "Mixed forest",
+    "Natural grassland",
+    "Moors and heathland",
+    "Sclerophyllous vegetation",
+    "Transitional woodland/shrub",
+    "Beaches, dunes, sands",
+    "Bare rock",
+    "Sparsely vegetated areas",
+    "Burnt areas",
+    "Inland marshes",
+    "Peatbogs",
+    "Salt marshes",
+    "Salines",
+    "Intertidal flats",
+    "Water courses",
+    "Water bodies",
+    "Coastal lagoons",
+    "Estuaries",
+    "Sea and ocean",
+)
+BIGEARTHNET_LABEL_SETS = {19: BIGEARTHNET_19_CLASSES, 43: BIGEARTHNET_43_CLASSES}
+
 BIGEARTHNET_CITATION = (
     "Clasen et al., reBEN: Refined BigEarthNet Dataset for Remote Sensing Image Analysis, IGARSS"
     " 2025; Sumbul et al., BigEarthNet-MM, IEEE GRSM 2021. Licence: CDLA-Permissive-1.0. Contains"
@@ -151,15 +246,27 @@ BIGEARTHNET_ARRAYS = {
 DEMO_DATA = Path(__file__).parent / "demo" / "bigearthnet_v2_s1s2_24.npz"
 
 
+def _bigearthnet_labels(patch: Mapping[str, Any], label_set: int) -> list[str] | None:
+    """A patch's class names in `label_set`: v1-style "labels_19" / "labels_43", else the v2
+    19-class "labels"; None when the metadata has none of that set."""
+    key = f"labels_{label_set}"
+    if key in patch:
+        return patch[key]
+    return patch.get("labels") if label_set == 19 else None
+
+
 class BigEarthNetSource:
-    """BigEarthNet v2 S1+S2 pairs with 19-class multi-labels.
+    """BigEarthNet S1+S2 pairs with 19- or 43-class multi-labels.
 
     Reads either the folder layout `metadata.json` + `patches/<patch_id>/{s1,s2_10m,s2_20m,s2_60m}.npy`
     (native resolutions, channels first) or the same content packed in one `.npz` (the vendored demo
     set, `DEMO_DATA`). Sentinel-2 L2A bands (12, ESA order) are resampled to the 10 m grid (120x120)
     with `resampling`; Sentinel-1 VV, VH are in dB. "label" is a float32 multi-hot vector over
-    `BIGEARTHNET_19_CLASSES`. The products carry processing baseline N9999 (reprocessed without the
-    +1000 offset), so no offset is removed.
+    `BIGEARTHNET_19_CLASSES` (`label_set=19`) or `BIGEARTHNET_43_CLASSES` (43). A patch's class
+    names come from "labels_19" / "labels_43" (BigEarthNet v1 metadata), else from "labels" (v2,
+    19 classes). `split` accepts the aliases of `SPLIT_ALIASES` (v1 says "val", v2 "validation").
+    The products carry processing baseline N9999 (reprocessed without the +1000 offset), so no
+    offset is removed.
     """
 
     def __init__(
@@ -169,8 +276,11 @@ class BigEarthNetSource:
         split: str | None = None,
         keys: Sequence[str] = ("s2", "s1"),
         resampling: str = "bilinear",
+        label_set: int = 19,
     ):
         raster.resampling_method(resampling)
+        if label_set not in BIGEARTHNET_LABEL_SETS:
+            raise ValueError(f"BigEarthNet label_set is 19 or 43, not {label_set!r}")
         unknown = set(keys) - {"s2", "s1"}
         if unknown:
             raise ValueError(
@@ -180,13 +290,22 @@ class BigEarthNetSource:
         self.resampling = resampling
         self._packed = self.root.suffix == ".npz"
         metadata = json.loads(self._read_bytes("metadata.json"))
-        patches = metadata["patches"]
-        if split is not None:
-            patches = [p for p in patches if p["split"] == split]
-        self.patches = patches
+        where = self.root if self._packed else self.root / "metadata.json"
+        self.patches = rows_of_split(metadata["patches"], split, where=where)
+        require_examples(len(self.patches), self.root, split)
+        unlabelled = [
+            p["patch_id"] for p in self.patches if _bigearthnet_labels(p, label_set) is None
+        ]
+        if unlabelled:
+            raise ValueError(
+                f"{where}: label_set={label_set} needs 'labels_{label_set}' in the metadata of"
+                f" each patch; {len(unlabelled)} patches (e.g. {unlabelled[0]}) have only"
+                " 19-class labels"
+            )
+        self.label_set = label_set
         all_specs = {"s2": SensorSpec.full("sentinel2_l2a"), "s1": SensorSpec.full("sentinel1_grd")}
         self.specs = {k: all_specs[k] for k in keys}
-        self.label_names = {"label": list(BIGEARTHNET_19_CLASSES)}
+        self.label_names = {"label": list(BIGEARTHNET_LABEL_SETS[label_set])}
         self._arrays = self._load_packed() if self._packed else None
 
     def _read_bytes(self, name: str) -> bytes:
@@ -237,12 +356,14 @@ class BigEarthNetSource:
             sample["s2"], sample[valid_key("s2")] = self._s2(pid)
         if "s1" in self.specs:
             sample["s1"], sample[valid_key("s1")] = self._s1(pid)
-        unknown = [name for name in patch["labels"] if name not in BIGEARTHNET_19_CLASSES]
+        names = _bigearthnet_labels(patch, self.label_set)
+        classes = BIGEARTHNET_LABEL_SETS[self.label_set]
+        unknown = [name for name in names if name not in classes]
         if unknown:
-            raise ValueError(f"{pid}: labels {unknown} are not BigEarthNet 19-class names")
-        sample["label"] = np.asarray(
-            [name in patch["labels"] for name in BIGEARTHNET_19_CLASSES], np.float32
-        )
+            raise ValueError(
+                f"{pid}: labels {unknown} are not BigEarthNet {self.label_set}-class names"
+            )
+        sample["label"] = np.asarray([name in names for name in classes], np.float32)
         return sample
 
     def _s1(self, pid: str) -> tuple[np.ndarray, np.ndarray]:
@@ -278,7 +399,10 @@ class BigEarthNetSource:
         return image, valid
 
     def __repr__(self) -> str:
-        return f"BigEarthNetSource({len(self)} patches from {self.root}, {self.specs})"
+        return (
+            f"BigEarthNetSource({len(self)} patches from {self.root}, {self.specs},"
+            f" {self.label_set} classes)"
+        )
 
 
 def pack_bigearthnet(folder: str | os.PathLike, out: str | os.PathLike) -> None:
@@ -704,15 +828,12 @@ def eurosat_rgb(
     """EuroSAT RGB: 64x64 JPEGs (red, green, blue DN 0..255 from Sentinel-2 B04, B03, B02).
 
     `root` holds `labels.csv` with columns path (or rgb_path, which wins: the EuroSAT-MS folder
-    lists each patch's JPEG there), class_name, class_index and optionally split. Labels index
-    `EUROSAT_CLASSES`, the same as `eurosat_ms`.
+    lists each patch's JPEG there), class_name, class_index and optionally split (`split` accepts
+    the aliases of `SPLIT_ALIASES`). Labels index `EUROSAT_CLASSES`, the same as `eurosat_ms`.
     """
     root = Path(root)
-    rows = _read_csv(root / "labels.csv")
-    if split is not None:
-        if rows and "split" not in rows[0]:
-            raise ValueError(f"{root / 'labels.csv'} has no split column")
-        rows = [r for r in rows if r["split"] == split]
+    rows = rows_of_split(_read_csv(root / "labels.csv"), split, where=root / "labels.csv")
+    require_examples(len(rows), root, split)
     wrong = [r for r in rows if EUROSAT_CLASSES[int(r["class_index"])] != r["class_name"]]
     if wrong:
         raise ValueError(
@@ -987,3 +1108,8 @@ def make_source(name: str, /, **kwargs) -> Any:
     "tfds" passes through."""
     check_source_args(name, kwargs)
     return _factory(name)(**kwargs)
+
+
+# The folder-layout sources (class folders, path/label indexes, image/mask and change folders)
+# build on the classes above and add themselves to SOURCES.
+from eofm.data import folders  # noqa: E402, F401

@@ -126,6 +126,7 @@ def fit(
         lr_scale=layer_decay(encoder, settings.llrd) if finetune else None,
         warm_start=lambda: encoder.warm_start(ENCODER),
         meta={"inference": {"task": config.task, **(inference or {})}},
+        examples="img" if config.task == "classification" else "windows",
     )
     workdir = Path(workdir) / "fit"
     result = loop.train(settings, workdir, workload)

@@ -24,6 +24,9 @@ name imports a module kept elsewhere). It provides, in one place:
     missing_bands(spec) -> tuple of band names
                   bands the encoder wanted that `spec` lacks (zero-filled); raises ValueError
                   naming them when the encoder cannot read the data at all
+    stand_in_bands(spec) -> {trained band: data band}   (optional)
+                  for an encoder that reads bands by name, the bands of `spec` of another name
+                  that stand in for trained ones by wavelength (`stand_ins`)
     ENCODING_PARAMS tuple of path prefixes of the parameters that encoding reads (pooling too)
     num_layers, layer_of(path) -> int
                   layer ids for layer-wise lr decay: embeddings 0 ... num_layers for what follows
@@ -196,13 +199,33 @@ def same_band(a: sensors.Band, b: sensors.Band) -> bool:
 
 def band_indices(spec, wanted) -> list[int | None]:
     """For each band of SensorSpec `wanted` (what a model was trained on), its channel in images
-    of SensorSpec `spec`, or None when the data lack it (see `same_band`)."""
+    of SensorSpec `spec`, or None when the data lack it.
+
+    Bands are matched by name first (`same_band`); the bands left on both sides are then matched
+    by wavelength (`sensors.wavelength_match`: a data band fills the slot it covers whose centre
+    is nearest its own), so that RGB photos' red, green and blue fill Sentinel-2's B04, B03 and
+    B02, and Landsat's B3 fills B04, instead of being read as zeros.
+    """
     have = [spec.sensor_info.band(b) for b in spec.bands]
-    found = []
-    for name in wanted.bands:
-        band = wanted.sensor_info.band(name)
-        found.append(next((i for i, h in enumerate(have) if same_band(band, h)), None))
+    slots = [wanted.sensor_info.band(b) for b in wanted.bands]
+    found = [next((i for i, h in enumerate(have) if same_band(s, h)), None) for s in slots]
+    free_data = [i for i in range(len(have)) if i not in found]
+    free_slots = [j for j, i in enumerate(found) if i is None]
+    matched = sensors.wavelength_match([have[i] for i in free_data], [slots[j] for j in free_slots])
+    for j, m in zip(free_slots, matched):
+        if m is not None:
+            found[j] = free_data[m]
     return found
+
+
+def stand_ins(spec, wanted) -> dict[str, str]:
+    """{band of `wanted`: band of `spec`} for the bands `band_indices` matched by wavelength, not
+    by name (e.g. {"B04": "red", "B03": "green", "B02": "blue"} for RGB photos)."""
+    return {
+        name: spec.bands[i]
+        for name, i in zip(wanted.bands, band_indices(spec, wanted))
+        if i is not None and spec.bands[i].lower() != name.lower()
+    }
 
 
 def wavelength_indices(spec, wanted) -> list[int | None]:

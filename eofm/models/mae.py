@@ -168,8 +168,9 @@ class MAE(ViTFeatures, nnx.Module):
     """ViT encoder on the kept patches; a light ViT decoder predicts every patch's pixels.
 
     The images of every input sensor are stacked along channels (in `inputs` order) into one
-    C-channel image; as an encoder for other data, bands are matched by name and wavelength
-    (`family.same_band`) and the ones the data lack are set to 0 after normalisation (the dataset mean).
+    C-channel image; as an encoder for other data, bands are matched by name, then by wavelength
+    (`family.band_indices`: RGB red reads as B04), and the ones the data lack are set to 0 after
+    normalisation (the dataset mean).
     """
 
     feature_definition: str = (
@@ -270,6 +271,13 @@ class MAE(ViTFeatures, nnx.Module):
                 f"the MAE reads {trained}; {spec.sensor} data {spec.bands} have none of them"
             )
         return missing
+
+    def stand_in_bands(self, spec: SensorSpec) -> dict[str, str]:
+        return {
+            trained_band: band
+            for trained in self.inputs.values()
+            for trained_band, band in family.stand_ins(spec, trained).items()
+        }
 
     def features(
         self, images: jax.Array, spec: SensorSpec, taps: Sequence[int] | None = None

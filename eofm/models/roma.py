@@ -461,6 +461,9 @@ class Roma(nnx.Module):
             )
         return tuple(b for b, p in zip(trained.bands, present) if not p)
 
+    def stand_in_bands(self, spec: SensorSpec) -> dict[str, str]:
+        return family.stand_ins(spec, self.inputs[self.key])
+
     def features(
         self, images: jax.Array, spec: SensorSpec, taps: Sequence[int] | None = None
     ) -> dict[str, Any]:

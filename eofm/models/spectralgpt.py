@@ -1,4 +1,4 @@
-"""SpectralGPT (Hong et al., TPAMI 2024): 3-D spatial-spectral tokens and 90 % masked cube modelling.
+"""SpectralGPT (Hong et al., TPAMI 2024): 3-D spatial-spectral tokens, 90 % masked cube modelling.
 
 Input: the 12 Sentinel-2 bands B01, B02, B03, B04, B05, B06, B07, B08, B8A, B09, B11, B12 (B10
 dropped), each image min-max scaled per band. Tokens are cubes of 3 bands x 8 x 8 pixels: the four

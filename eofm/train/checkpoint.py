@@ -12,8 +12,9 @@ they are the same whatever the sharding or the number of devices, and every rest
 
 Restoring walks back from the newest step: a checkpoint that fails to load (truncated or deleted
 files) or whose arrays do not match their checksums is moved aside to
-WORKDIR/checkpoints_unreadable/ with a warning, and the previous one is used. A read-only `Checkpointer` (for consumers such as an
-evaluation) writes nothing: it skips such a checkpoint with a warning and leaves it in place.
+WORKDIR/checkpoints_unreadable/ with a warning, and the previous one is used. A read-only
+`Checkpointer` (for consumers such as an evaluation) writes nothing: it skips such a checkpoint with
+a warning and leaves it in place.
 A checkpoint of another model (name, variant or parameter shapes) is an error, not a fallback.
 Arrays are restored directly onto the shardings of the abstract state given, so a run saved on 8
 devices restores on 2 or on another mesh layout.

@@ -102,6 +102,7 @@ class Workload:
         shape (e.g. position tables of another image size).
       meta: JSON metadata the checkpoints carry for their consumers (input specs, normalisation,
         native image size, ...).
+      examples: what one example is called in the progress line ("img", "windows").
     """
 
     name: str
@@ -116,6 +117,7 @@ class Workload:
     warm_start: Callable[[], WarmStart] | None = None
     adapt_param: Callable[[str, np.ndarray, tuple[int, ...]], np.ndarray] | None = None
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    examples: str = "img"
 
 
 @dataclasses.dataclass
@@ -440,7 +442,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, workload: Work
     last: dict[str, Any] = {}
     pending = None  # (step, metrics) whose loss is checked once the next step is dispatched
     window_start, window_steps = time.perf_counter(), 0
-    run_start, run_steps = time.perf_counter(), 0
+    progress = metrics_lib.Progress(
+        config.total_steps, config.batch_size, workload.examples, show=jax.process_index() == 0
+    )
     done = start_step
     preempted = False
     try:
@@ -461,10 +465,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, workload: Work
                     _check_finite(*pending)
                 pending = (done, step_metrics)
                 window_steps += 1
-                run_steps += 1
+                progress.step_done(done)
 
                 # Metrics.
-                if done % config.log_every == 0 or done == config.total_steps:
+                logged = done % config.log_every == 0 or done == config.total_steps
+                if logged:
                     _check_finite(done, step_metrics)
                     elapsed = time.perf_counter() - window_start
                     scalars = {
@@ -478,14 +483,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, workload: Work
                     if flops_per_step:
                         last["mfu"] = flops_per_step * window_steps / elapsed / peak
                     writer.write(done, last)
-                    rate = (time.perf_counter() - run_start) / run_steps
-                    if jax.process_index() == 0:
-                        eta = rate * (config.total_steps - done)
-                        print(
-                            metrics_lib.progress_line(done, config.total_steps, last, eta),
-                            flush=True,
-                        )
                     window_start, window_steps = time.perf_counter(), 0
+                if logged or progress.due():
+                    progress.show(done, last if logged else jax.device_get(step_metrics))
 
                 # Checkpoints and preemption; a non-finite state is never saved.
                 saved = False

@@ -111,11 +111,48 @@ def format_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def progress_line(step: int, total: int, metrics: dict[str, Any], eta_s: float) -> str:
-    mfu = metrics.get("mfu")
-    return (
-        f"step {step}/{total} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e}"
-        f" | {metrics['images_per_sec']:.1f} img/s"
-        + (f" | MFU {100 * mfu:.1f}%" if mfu is not None else "")
-        + f" | ETA {format_eta(eta_s)}"
-    )
+class Progress:
+    """The progress line on stdout: at every logged step and at least every `every_s` seconds
+    between them, so that a slow run (a notebook's, too) is never silent for long.
+
+    The rate and ETA count the steps after this run's first, which includes compilation.
+    """
+
+    def __init__(
+        self, total: int, batch_size: int, examples: str, *, show: bool, every_s: float = 30.0
+    ):
+        self.total, self.batch_size, self.examples = total, batch_size, examples
+        self.enabled, self.every_s = show, every_s
+        self._shown_at = time.perf_counter()
+        self._first: tuple[int, float] | None = None  # (step, time) once the first step is done
+        self._last: tuple[int, float] | None = None
+
+    def step_done(self, step: int) -> None:
+        now = time.perf_counter()
+        if self._first is None:
+            self._first = (step, now)
+        self._last = (step, now)
+
+    def due(self) -> bool:
+        return self.enabled and time.perf_counter() - self._shown_at >= self.every_s
+
+    def seconds_per_step(self) -> float | None:
+        (first, t0), (last, t1) = self._first, self._last
+        return (t1 - t0) / (last - first) if last > first else None
+
+    def show(self, step: int, metrics: dict[str, Any]) -> None:
+        """Prints "step S/T | loss | lr | N <examples>/s | MFU | ETA" (MFU when measured)."""
+        if not self.enabled:
+            return
+        per_step = self.seconds_per_step()
+        rate = f"{self.batch_size / per_step:.1f}" if per_step else "-"
+        eta = format_eta(per_step * (self.total - step)) if per_step else "-"
+        mfu = metrics.get("mfu")
+        print(
+            f"step {step}/{self.total} | loss {float(metrics['loss']):.4f}"
+            f" | lr {float(metrics['lr']):.2e} | {rate} {self.examples}/s"
+            + (f" | MFU {100 * float(mfu):.1f}%" if mfu is not None else "")
+            + f" | ETA {eta}",
+            flush=True,
+        )
+        self._shown_at = time.perf_counter()
