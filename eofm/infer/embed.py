@@ -29,14 +29,13 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from eofm import files
 from eofm.data import cube as cube_lib
 from eofm.data import normalize, sources, stats
 from eofm.data.spec import SensorSpec, valid_key
 from eofm.eval import encoders
-from eofm.infer import runner, scene, tiling
+from eofm.infer import runner, scene
 from eofm.infer.store import SceneStore
 
 RESOLUTIONS = ("tokens", "window")
@@ -267,36 +266,19 @@ def embed_scene(
     geo = geometry(encoder, cube.spec, resolution, stride_fraction, tile)
     norm = normalization(encoder, cube, stats, seed)
     fp = fingerprint(encoder, cube, geo, resolution, norm)
-    store = runner.shared_store(lambda: open_store(output, cube, geo, fp), "embed")
-    index, count = jax.process_index(), jax.process_count()
-    mine = tiling.tiles(cube.height, cube.width, geo.tile)[index::count]
-    done = store.done_tiles()
-    bar = runner.Progress(
-        mine,
-        sum((t.row, t.col) in done for t in mine),
-        runner.km2_per_px(cube),
-        progress,
-        show_progress,
+    store, counts = runner.run_tiles(
+        "embed",
+        lambda: open_store(output, cube, geo, fp),
+        cube,
+        make_predictor(encoder, cube.spec, norm, resolution, geo, batch_size),
+        window=geo.window,
+        stride=geo.stride,
+        tile=geo.tile,
+        out_stride=geo.out_stride,
+        batch_size=batch_size,
+        progress=progress,
+        show_progress=show_progress,
     )
-    try:
-        counts = scene.run_scene(
-            cube.read,
-            cube.height,
-            cube.width,
-            geo.window,
-            geo.stride,
-            geo.tile,
-            make_predictor(encoder, cube.spec, norm, resolution, geo, batch_size),
-            store,
-            batch_size=batch_size,
-            out_stride=geo.out_stride,
-            process_index=index,
-            process_count=count,
-            progress=bar.callback,
-        )
-    finally:
-        bar.close()
-    multihost_utils.sync_global_devices("eofm:embed_tiles_done")
     attrs = {
         "encoder": encoder.ref,
         "step": encoder.step,
@@ -306,7 +288,6 @@ def embed_scene(
     }
     summary = {
         **counts,
-        **bar.area_rate(counts["seconds"]),
         "peak_rss_mib": runner.peak_rss_mib(),
         "output": str(output),
         "settings": {
@@ -317,11 +298,11 @@ def embed_scene(
             **dataclasses.asdict(geo),
             "batch_size": batch_size,
             "devices": jax.local_device_count(),
-            "process_count": count,
+            "process_count": jax.process_count(),
             **attrs,
         },
     }
-    if index == 0:
+    if jax.process_index() == 0:
         names = [
             f"{'pooled' if resolution == 'window' else 'token'}_{i}" for i in range(geo.features)
         ]

@@ -31,7 +31,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from eofm import files
 from eofm.data import cube as cube_lib
@@ -245,38 +244,21 @@ def map_scene(
             variable=LOGITS,
         )
 
-    store = runner.shared_store(open_store, "map")
-    index, count = jax.process_index(), jax.process_count()
-    mine = tiling.tiles(first.height, first.width, tile)[index::count]
-    done = store.done_tiles()
-    bar = runner.Progress(
-        mine,
-        sum((t.row, t.col) in done for t in mine),
-        runner.km2_per_px(first),
-        progress,
-        show_progress,
+    store, counts = runner.run_tiles(
+        "map",
+        open_store,
+        first,
+        make_predictor(trained, batch_size),
+        read=stacked_reader(cubes),
+        window=trained.window,
+        stride=trained.stride,
+        tile=tile,
+        batch_size=batch_size,
+        progress=progress,
+        show_progress=show_progress,
     )
-    try:
-        counts = scene.run_scene(
-            stacked_reader(cubes),
-            first.height,
-            first.width,
-            trained.window,
-            trained.stride,
-            tile,
-            make_predictor(trained, batch_size),
-            store,
-            batch_size=batch_size,
-            process_index=index,
-            process_count=count,
-            progress=bar.callback,
-        )
-    finally:
-        bar.close()
-    multihost_utils.sync_global_devices("eofm:map_tiles_done")
     summary = {
         **counts,
-        **bar.area_rate(counts["seconds"]),
         "peak_rss_mib": runner.peak_rss_mib(),
         "outputs": {k: str(v) for k, v in dataclasses.asdict(paths).items()},
         "settings": {
@@ -291,11 +273,11 @@ def map_scene(
             "tile": tile,
             "batch_size": batch_size,
             "devices": jax.local_device_count(),
-            "process_count": count,
+            "process_count": jax.process_count(),
             "normalisation": trained.normalization,
         },
     }
-    if index == 0:
+    if jax.process_index() == 0:
         store.finalize(
             first.crs,
             first.transform,

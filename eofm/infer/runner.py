@@ -15,7 +15,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from eofm.data import cube as cube_lib
-from eofm.infer import tiling
+from eofm.infer import scene, tiling
 from eofm.infer.store import SceneStore
 
 
@@ -98,3 +98,53 @@ def shared_store(open_store: Callable[[], SceneStore], name: str) -> SceneStore:
     store = open_store() if first else None
     multihost_utils.sync_global_devices(f"eofm:{name}_store_created")
     return store if first else open_store()
+
+
+def run_tiles(
+    name: str,
+    open_store: Callable[[], SceneStore],
+    cube: cube_lib.Cube,
+    predict: scene.Predictor,
+    *,
+    read: scene.Reader | None = None,
+    window: int,
+    stride: int,
+    tile: int,
+    out_stride: int = 1,
+    batch_size: int,
+    progress: Callable[[dict[str, Any]], None] | None,
+    show_progress: bool,
+) -> tuple[SceneStore, dict[str, Any]]:
+    """Predicts this process's tiles (i::n) of `cube`'s grid into the store all processes share
+    (`shared_store`), with the progress bar, and waits for every process.
+
+    `read` defaults to `cube.read` (a head reading several dates passes its stacked reader).
+    Returns the store and `scene.run_scene`'s counts of this process with its area rate.
+    """
+    store = shared_store(open_store, name)
+    index, count = jax.process_index(), jax.process_count()
+    mine = tiling.tiles(cube.height, cube.width, tile)[index::count]
+    done = store.done_tiles()
+    bar = Progress(
+        mine, sum((t.row, t.col) in done for t in mine), km2_per_px(cube), progress, show_progress
+    )
+    try:
+        counts = scene.run_scene(
+            cube.read if read is None else read,
+            cube.height,
+            cube.width,
+            window,
+            stride,
+            tile,
+            predict,
+            store,
+            batch_size=batch_size,
+            out_stride=out_stride,
+            process_index=index,
+            process_count=count,
+            progress=bar.callback,
+        )
+    finally:
+        bar.close()
+    multihost_utils.sync_global_devices(f"eofm:{name}_tiles_done")
+    return store, {**counts, **bar.area_rate(counts["seconds"])}
