@@ -76,8 +76,9 @@ def finetune_config():
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         config = module.get_config(arg)
-        if "root" in config.data.source_args:
-            relative = config.data.source_args.root.removeprefix("../shared/data/")
+        data_root = config.data.source_args.get("root")
+        if isinstance(data_root, str) and data_root.startswith("../shared/data/"):
+            relative = data_root.removeprefix("../shared/data/")
             config.data.source_args.root = str(SHARED_DATA / relative)
         config.lock()  # a misspelt key is an error, as on the command line
         return config

@@ -1,5 +1,7 @@
-"""Classification on the real samples: kNN, linear probe, finetuning (LLRD), multi-label, REOBench."""
+"""Classification on the real samples: kNN, linear probe, finetuning (LLRD), multi-label, REOBench,
+baselines in every report, separate train and test folders."""
 
+import csv
 import json
 import os
 import re
@@ -13,7 +15,7 @@ import pytest
 from flax import nnx
 from run_checks import listing, must_not_run
 
-from eofm.eval import classification, encoders
+from eofm.eval import classification, encoders, provenance
 from eofm.eval import fit as fit_lib
 from eofm.train import validate
 
@@ -49,12 +51,102 @@ def test_knn_probe_random_and_pretrained(
         low, high = report["metrics"]["oa_ci95"]
         assert low <= report["metrics"]["oa"] <= high and high - low < 0.4
         assert np.sum(report["confusion"]) == report["data"]["test"]
+        _check_baselines_and_provenance(report, tmp_path / name)
     assert results["random"]["encoder"]["checkpoint_step"] is None
     # The MAE baseline was trained on S2 + S1: EuroSAT has no S1, so VV and VH are zero-filled.
     assert results["random"]["encoder"]["missing_bands"] == {"s2": ["VV", "VH"]}
     assert results["pretrained"]["encoder"]["checkpoint_step"] == 10
     assert results["pretrained"]["data"]["normalization"] == "percentile_clip"
     assert results["pretrained"]["data"]["resize_to"] == 48
+
+
+def _check_baselines_and_provenance(report, workdir):
+    """Baselines scored on the same 73 test images, flagged when above the encoder; the split in
+    words and the 216 files read."""
+    found = report["baselines"]
+    assert set(found) == {"majority", "image_stats probe"}
+    assert found["majority"]["metrics"]["oa"] == pytest.approx(8 / 73)  # 8 of the largest class
+    assert found["image_stats probe"]["metrics"]["oa"] > 0.6
+    for baseline in found.values():
+        assert set(baseline["metrics"]) >= {"oa", "balanced_accuracy", "oa_ci95"}
+    above = {n for n, b in found.items() if b["metrics"]["oa"] > report["metrics"]["oa"]}
+    assert {b["baseline"] for b in report["below_baselines"]} == above
+    markdown = (workdir / "report.md").read_text()
+    assert "## Baselines" in markdown and ("**Below baseline**" in markdown) == bool(above)
+    data = report["data"]
+    assert data["split"] == (
+        "seeded stratified split of one source, 1/3 of each class in test (73 of 216 images)"
+    )
+    card = data["provenance"]["train+test"]
+    assert card["files"] == 216 and card["root"].endswith("eurosat_ms/train")
+    assert data["roots"]["train+test"].endswith("eurosat_ms")
+
+
+def _eurosat_folder(folder, rows, shared_data):
+    """A folder of links to EuroSAT-MS files with its own labels.csv (the eurosat_ms format)."""
+    folder.mkdir()
+    lines = ["path,class_name,class_index,split"]
+    for row in rows:
+        name = Path(row["path"]).name
+        (folder / name).symlink_to(shared_data / "eurosat_ms" / row["path"])
+        lines.append(f"{name},{row['class_name']},{row['class_index']},{folder.name}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_separate_train_and_test_roots(tmp_path, finetune_config, shared_data, small_smarties_run):
+    with open(shared_data / "eurosat_ms" / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    _eurosat_folder(tmp_path / "ours", rows[1::3], shared_data)
+    _eurosat_folder(tmp_path / "theirs", rows[::3] + rows[2::3], shared_data)
+    config = finetune_config("eurosat_ms", "method=knn")
+    config.encoder = str(small_smarties_run)
+    config.data.update(train_root=str(tmp_path / "theirs"), test_root=str(tmp_path / "ours"))
+    report = classification.run(config, tmp_path / "eval")
+    data = report["data"]
+    assert (data["train"], data["test"]) == (144, 72)
+    cards = data["provenance"]
+    assert (cards["train"]["files"], cards["test"]["files"]) == (144, 72)
+    assert cards["train"]["root"] == str(tmp_path / "theirs")
+    assert data["roots"] == {"train": str(tmp_path / "theirs"), "test": str(tmp_path / "ours")}
+    assert data["split"] == (
+        f"train: all 144 examples under {tmp_path / 'theirs'};"
+        f" test: all 72 examples under {tmp_path / 'ours'}"
+    )
+    assert set(report["baselines"]) == {"majority", "image_stats probe"}
+    # With a test split, the test root's rows of that split are the test examples.
+    config.data.update(test_split="ours", train_splits=("theirs",))
+    splits = classification.load_splits(config)
+    assert (len(splits.train.labels), len(splits.test.labels)) == (144, 72)
+    assert splits.description.startswith("train: the 'theirs' split (144 examples) under")
+
+
+def test_a_split_without_examples_is_named(tmp_path, finetune_config, monkeypatch):
+    monkeypatch.setattr(encoders, "load_encoder", must_not_run)
+    config = finetune_config("eurosat_ms", "method=knn")
+    config.data.update(train_splits=("train",), test_split="test")
+    with pytest.raises(validate.ConfigError, match="data.test_split = 'test'"):
+        classification.run(config, tmp_path / "eval")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "labels.csv").write_text("path,class_name,class_index,split\n")
+    config.data.update(train_splits=(), test_split="", test_root=str(empty))
+    with pytest.raises(validate.ConfigError, match=f"data.test_root = '{empty}'"):
+        classification.run(config, tmp_path / "eval")
+
+
+def test_bigearthnet_root_is_a_config_key(finetune_config, shared_data):
+    config = finetune_config("bigearthnet_multilabel")
+    assert config.data.source_args.label_set == 19
+    config.data.source_args.root = str(shared_data / "bigearthnet_v2_s1s2")  # the folder layout
+    splits = classification.load_splits(config)
+    assert (len(splits.train.labels), len(splits.test.labels)) == (16, 8)
+    # metadata.json and each patch's three Sentinel-2 arrays.
+    files = {role: card["files"] for role, card in provenance.describe(splits.sources).items()}
+    assert files == {"train": 1 + 16 * 3, "test": 1 + 8 * 3}
+    assert splits.description == (
+        "train: the source's 'train' and 'validation' splits (16 examples);"
+        " test: its 'test' split (8 examples)"
+    )
 
 
 def test_linear_probe_end_to_end(small_smarties_run, tmp_path, finetune_config):
@@ -267,11 +359,11 @@ def test_finetuning_resumes_exactly_after_sigkill_and_reevaluates(
 def test_an_encoder_reading_none_of_the_bands_stops_every_method(
     method, tmp_path, finetune_config, monkeypatch
 ):
-    """An MAE pretrained on S2 + S1 cannot read EuroSAT RGB: an error naming the encoder and both
-    band sets, not a chance-level report."""
+    """CROMA (pretrained on S2 + S1, its optical encoder needs Sentinel-2 bands) cannot read
+    EuroSAT RGB: an error naming the encoder and both band sets, not a chance-level report."""
     monkeypatch.chdir(ROOT)
     config = finetune_config("eurosat_rgb", f"method={method}")
-    config.encoder = "random:configs/pretrain/mae.py:tiny"
+    config.encoder = "random:configs/pretrain/croma.py:tiny"
     config.robustness.corruptions = ("all",)
     monkeypatch.setattr(classification, "Preprocess", must_not_run)
     with pytest.raises(ValueError) as raised:

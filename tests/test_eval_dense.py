@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from run_checks import must_not_run
 
+from eofm.data import datasets
 from eofm.data.spec import SensorSpec
-from eofm.eval import dense, encoders, windows
+from eofm.eval import dense, encoders, pixel_baselines, windows
 from eofm.eval import fit as fit_lib
 from eofm.infer import tiling
 from eofm.train import validate
@@ -123,15 +124,60 @@ def test_segmentation_end_to_end(small_smarties_run, tmp_path, finetune_config):
     assert sorted(on_disk["plots"]) == ["overlays", "robustness"]
     assert (tmp_path / "overlays.png").read_bytes()[:4] == b"\x89PNG"
     assert "miou_macro" in (tmp_path / "report.md").read_text()
+    _check_report_extras(result, tmp_path, config)
+    assert result["data"]["split"].startswith(
+        "spatial hold-out: the region (top 0.75, left 0, height 0.25, width 1) of every scene is"
+        f" test (Spain_7370579, {result['data']['labelled_test_pixels']:,} labelled pixels)"
+    )
+    assert result["data"]["provenance"]["train+test"]["files"] == 3  # S1, S2, label
+    assert {"all no_water", "all water"} < set(result["baselines"])
+    assert "miou_macro_at_train_threshold" in m
+
+
+def _check_report_extras(result, workdir, config):
+    """Class weights, baselines, the F1-optimal threshold, split and provenance, in the JSON and
+    in report.md."""
+    train, test, names = dense.load_scenes(config)
+    counts = dense.class_pixel_counts(train, len(names))
+    weighting = result["fit"]["class_weights"]
+    assert weighting["training_pixels"] == dict(zip(names, counts.tolist()))
+    assert sum(counts) == result["data"]["labelled_train_pixels"]
+    np.testing.assert_allclose(
+        list(weighting["weights"].values()), dense.inverse_frequency_weights(counts)
+    )
+    (fitted,) = [name for name in result["baselines"] if name.startswith("threshold ")]
+    assert fitted.endswith("from training pixels)")
+    threshold = result["threshold"]
+    assert 0 < threshold["value"] < 1 and 0 <= threshold["train_f1"] <= 1
+    headline = result["headline_metric"]
+    assert (
+        result["metrics"][f"{headline}_at_train_threshold"] == threshold["test_metrics"][headline]
+    )
+    card = next(iter(result["data"]["provenance"].values()))
+    assert card["files"] > 0 and len(card["files_sha256"]) == 64
+    text = (workdir / "report.md").read_text()
+    assert "## Baselines (same split)" in text and fitted in text
+    assert f"**Split**: {result['data']['split']}" in text and "## Data" in text
 
 
 def test_change_detection_end_to_end(small_smarties_run, tmp_path, finetune_config):
     config = _small(finetune_config("landsat_change"), small_smarties_run)
     config.head.update(kind="linear", fusion="concat")
+    config.window_stride = 1.0  # windows side by side: Nanjing's 800 x 800 px map at less cost
     result = dense.run(config, tmp_path)
     m = result["metrics"]
     # Taizhou's sparse reference: 4,227 changed + 17,163 unchanged pixels are scored.
     assert m["num_labelled"] == 4227 + 17163
+    _check_report_extras(result, tmp_path, config)
+    assert result["data"]["split"] == (
+        "train scenes Nanjing, 14,756 labelled pixels; test scenes Taizhou, 21,390 labelled"
+        " pixels (whole scenes)"
+    )
+    # Calling every labelled pixel changed: precision = the changed share, recall 1.
+    precision = 4227 / (4227 + 17163)
+    everywhere = result["baselines"]["all positive"]["metrics"]
+    assert everywhere["f1"] == pytest.approx(2 * precision / (1 + precision))
+    assert result["baselines"]["all negative"]["metrics"]["f1"] == 0.0
     assert set(m) >= {"precision", "recall", "f1", "iou"}
     assert result["data"]["sensors"] == {
         "Nanjing": {"t1": "landsat5_tm", "t2": "landsat5_tm"},
@@ -168,18 +214,19 @@ def test_dense_errors_name_the_culprit(tmp_path, finetune_config):
 def test_an_encoder_reading_none_of_the_bands_stops_before_training(
     task, inputs, tmp_path, finetune_config, monkeypatch
 ):
-    """An MAE pretrained on S2 + S1 reads no Landsat band: an error naming the encoder and both
-    band sets before any head is trained (the robustness sweep never starts either)."""
+    """SpectralGPT needs 12 Sentinel-2 bands; Landsat's six stand in for six of them only: an error
+    naming the encoder and both band sets before any head is trained (the robustness sweep never
+    starts either)."""
     monkeypatch.chdir(ROOT)
     config = finetune_config("landsat_change")
     config.task, config.data.inputs = task, inputs
-    config.encoder = "random:configs/pretrain/mae.py:tiny"
+    config.encoder = "random:configs/pretrain/spectralgpt.py:tiny"
     config.robustness.corruptions = ("all",)
     monkeypatch.setattr(fit_lib, "fit", must_not_run)
     with pytest.raises(ValueError) as raised:
         dense.run(config, tmp_path)
     message = str(raised.value)
-    assert config.encoder in message and "VV" in message and "landsat5_tm" in message
+    assert config.encoder in message and "B8A" in message and "landsat5_tm" in message
     assert not (tmp_path / "report.json").exists()
 
 
@@ -188,7 +235,7 @@ def test_an_unwritable_workdir_stops_the_run_before_any_loading(
 ):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    monkeypatch.setattr(dense, "load_scenes", must_not_run)
+    monkeypatch.setattr(dense, "load_split", must_not_run)
     monkeypatch.setattr(encoders, "load_encoder", must_not_run)
     with pytest.raises(validate.ConfigError, match=re.escape(str(blocker / "eval"))):
         dense.run(finetune_config("sen1floods11"), blocker / "eval")
@@ -241,3 +288,70 @@ def test_window_corners_are_exactly_the_admissible_ones():
     scene.mask[5, 5] = -1
     with pytest.raises(ValueError, match="no 8 px training window"):
         sampler()
+
+
+def _landsat_by_split(root, *, split, key1="t1", key2="t2"):
+    """The Landsat change sites as a source with splits: "train" Nanjing, "test" Taizhou, "none"
+    no site."""
+    sites = {"train": ("Nanjing",), "test": ("Taizhou",), "none": ()}[split]
+    if not sites:
+        return []
+    return datasets.landsat_change(root, sites=sites, key1=key1, key2=key2)
+
+
+def test_train_and_test_scenes_from_two_builds_of_a_source(finetune_config, monkeypatch):
+    monkeypatch.setitem(datasets.SOURCES, "landsat_by_split", _landsat_by_split)
+    config = finetune_config("landsat_change")
+    config.data.update(source="landsat_by_split", train_ids=(), test_ids=())
+    config.data.update(train_split="train", test_split="test")
+    split = dense.load_split(config)
+    assert [s.id for s in split.train] == ["Nanjing"] and [s.id for s in split.test] == ["Taizhou"]
+    assert split.class_names == ["unchanged", "changed"]
+    assert split.description == (
+        "train: the 'train' split (Nanjing, 14,756 labelled pixels); test: the 'test' split"
+        " (Taizhou, 21,390 labelled pixels)"
+    )
+    assert sorted(split.sources) == ["test", "train"]
+    config.data.test_root = "/elsewhere"
+    with pytest.raises(FileNotFoundError, match="elsewhere"):
+        dense.load_split(config)
+    config.data.update(test_root="", test_split="none")
+    with pytest.raises(
+        ValueError, match=r"'landsat_by_split' \(the 'none' split under .*\) has no"
+    ):
+        dense.load_split(config)
+    config.data.update(test_split="test", test_ids=("Taizhou",))
+    with pytest.raises(ValueError, match="leave data.train_ids, data.test_ids and test_region"):
+        dense.load_split(config)
+
+
+def test_change_overlays_show_both_dates_of_the_most_changed_tiles(finetune_config):
+    config = finetune_config("landsat_change")
+    _, test, _ = dense.load_scenes(config)
+    task = dense.dense_task(config)
+    preds = [np.zeros(s.mask.shape, np.int64) for s in test]
+    overlay = dense._overlay(task, test, preds, 96, 3)
+    assert overlay["before"].shape == overlay["images"].shape == (3, 96, 96, 3)
+    changed = (overlay["truth"] == 1).sum(axis=(1, 2))
+    mask = test[0].mask
+    tiles = [
+        (mask[y : y + 96, x : x + 96] == 1).sum()
+        for y in dense.tiling.starts(400, 96, 96)
+        for x in dense.tiling.starts(400, 96, 96)
+    ]
+    np.testing.assert_array_equal(changed, sorted(tiles, reverse=True)[:3])
+    assert all(t.startswith("Taizhou\nrows ") for t in overlay["titles"])
+    # A held-out region's tiles are titled by their position in the whole scene.
+    floods = finetune_config("sen1floods11")
+    _, test, _ = dense.load_scenes(floods)
+    overlay = dense._overlay(dense.dense_task(floods), test, [test[0].mask.clip(0)], 128, 1)
+    assert overlay["titles"][0].startswith("Spain_7370579\nrows 384-512")
+    assert "before" not in overlay
+
+
+def test_training_pixels_leave_out_the_test_region():
+    scene = _scene("s", "landsat5_tm", 0.0, shape=(4, 4))
+    scene.mask[0] = -1
+    scene.held_out[3] = True
+    assert pixel_baselines.training_pixels(scene).sum() == 8
+    assert dense.class_pixel_counts([scene], 2).tolist() == [8, 0]

@@ -84,6 +84,25 @@ def test_overlays(tmp_path):
         assert a.size[1] > 2 * b.size[1]
 
 
+def test_change_overlays_show_both_dates_and_titles(tmp_path):
+    images, truth, pred = _segmentation()
+    names = ["forest", "water", "urban"]
+    titles = [f"scene {i} rows 0-16, cols 0-16" for i in range(len(images))]
+    kwargs = dict(class_names=names, ignore_index=255, max_items=2)
+    plain = plots.overlays(images, truth, pred, tmp_path / "plain.png", **kwargs)
+    dated = plots.overlays(
+        images, truth, pred, tmp_path / "dated.png", before=images[:, ::-1], titles=titles, **kwargs
+    )
+    _assert_png(dated, min_width=500)
+    # A fifth column (before) and the row titles widen the figure.
+    with Image.open(plain) as a, Image.open(dated) as b:
+        assert b.size[0] > a.size[0] * 1.15
+    with pytest.raises(ValueError, match="before"):
+        plots.overlays(images, truth, pred, tmp_path / "o.png", before=images[:1], **kwargs)
+    with pytest.raises(ValueError, match="1 titles for"):
+        plots.overlays(images, truth, pred, tmp_path / "o.png", titles=titles[:1], **kwargs)
+
+
 def test_overlays_rejects(tmp_path):
     images, truth, pred = _segmentation()
     names = ["forest", "water", "urban"]

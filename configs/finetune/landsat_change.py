@@ -11,8 +11,12 @@ unchanged pixels marked, the rest unlabelled): only labelled pixels train and co
 precision, recall, F1 and IoU of the change class. Only sensor-agnostic encoders (SMARTIES) read
 Landsat bands natively.
 
-Expected with a random SMARTIES tiny, 2 CPU cores: diff F1 0.71, IoU 0.55 (21,390 labelled test
-pixels), about 150 s.
+Expected with a random SMARTIES tiny, 2 CPU cores, a few minutes: diff F1 0.839, IoU 0.723
+(precision 0.817, recall 0.862; 21,390 labelled test pixels) with the default inverse-frequency
+class weights (unchanged 0.60, changed 3.12); F1 0.768 with fit.class_weights="none" (0.71 before
+the weights, on older code). At the class-1 probability threshold with the best training F1
+(0.72): F1 0.850. Best baseline: the change magnitude (L2 norm of normalised after - before)
+thresholded on the training pixels, F1 0.872 (above the encoder); every pixel changed: 0.330.
 """
 
 import ml_collections

@@ -2,11 +2,17 @@
 clean and REOBench-style corrupted test sets.
 
 Protocol:
-- Split: the source's own splits (`data.train_splits`, `data.test_split`), or a seeded split
-  (stratified by class for single-label data) with `test_fraction` in test.
+- Split: separate folders (`data.train_root`, `data.test_root`, each optionally restricted to the
+  source's splits `data.train_splits` / `data.test_split`), the source's own splits of one folder
+  (`data.train_splits`, `data.test_split`), or a seeded split of one folder (stratified by class
+  for single-label data) with `test_fraction` in test. The report gives the split in words and
+  the files each part read (`eofm.eval.provenance`).
 - Per-band statistics come from the train part only. Images are normalised with the encoder's
   pretraining method (or `data.normalization`) and resized (bilinear) to its native input size;
   both are reported.
+- Baselines on the same split (`eofm.eval.baselines`): the majority answer and the `linear` probe
+  on per-band image statistics; the report flags an encoder below either. The encoder
+  `baseline:image_stats` evaluates those statistics themselves with knn or linear.
 - `knn` and `linear` use frozen pooled features; `finetune` trains a LayerNorm + linear head
   (random flips and 90-degree rotations), on the frozen encoder or (finetune.finetune=True) with
   the whole encoder, under layer-wise lr decay. Training images are held in memory.
@@ -22,8 +28,10 @@ Protocol:
 from __future__ import annotations
 
 import dataclasses
+import fractions
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +43,19 @@ import optax
 
 from eofm.data import augment, datasets, normalize, pipeline, stats
 from eofm.data.spec import SensorSpec, valid_key
-from eofm.eval import corruptions, encoders, heads, knn, linear, metrics, report
+from eofm.eval import (
+    baselines,
+    corruptions,
+    encoders,
+    heads,
+    knn,
+    linear,
+    metrics,
+    provenance,
+    report,
+)
 from eofm.eval import fit as fit_lib
+from eofm.train import validate
 
 METHODS = ("knn", "linear", "finetune")
 
@@ -80,61 +99,191 @@ def _gather(items: list[dict], key: str) -> LabelledImages:
     )
 
 
-def load_splits(config: ml_collections.ConfigDict):
-    """(train, test LabelledImages, spec, class names, split description) of `config.data`."""
-    d = config.data
+@dataclasses.dataclass
+class Splits:
+    """The train and test images of an evaluation and where they came from.
 
-    def source(split=None):
-        kwargs = dict(d.source_args)
-        if split is not None:
-            kwargs["split"] = split
+    Attributes:
+      description: the split in words, with counts.
+      sources: {"train": source, "test": source}, or {"train+test": source} for a seeded split of
+        one source: what `provenance.describe` reads.
+      roots: the same keys -> the absolute root each part was read from (None: the source's
+        default).
+    """
+
+    train: LabelledImages
+    test: LabelledImages
+    spec: SensorSpec
+    class_names: list[str]
+    description: str
+    sources: dict[str, Any]
+    roots: dict[str, str | None]
+
+
+@dataclasses.dataclass
+class _Together:
+    """Several sources read as one by `provenance.describe`: the union of their files."""
+
+    sources: list[Any]
+
+    def reads_from(self) -> dict[str, list[str]]:
+        files = dict.fromkeys(f for s in self.sources for f in provenance.files_read(s))
+        return {"files": list(files)}
+
+
+def _source(d: ml_collections.ConfigDict, root: str | None, split: str | None, key: str):
+    """The source of `d` at `root` (None: source_args' own), restricted to `split`. `key` names the
+    config key that chose this part, for the error when it holds no example."""
+    kwargs = dict(d.source_args)
+    if root:
+        kwargs["root"] = root
+    if split:
+        kwargs["split"] = split
+    where = kwargs.get("root", "its default root")
+    try:
         src = datasets.make_source(d.source, **kwargs)
-        if d.key not in src.specs:
-            raise ValueError(f"source {d.source!r} has images {sorted(src.specs)}, not {d.key!r}")
-        return src
+    except ValueError as e:  # e.g. a split the data lack
+        raise validate.ConfigError(f"config key {key} = {split or where!r}: {e}") from e
+    if d.key not in src.specs:
+        raise ValueError(f"source {d.source!r} has images {sorted(src.specs)}, not {d.key!r}")
+    if len(src) == 0:
+        raise validate.ConfigError(
+            f"config key {key} = {split or where!r}: source {d.source!r} has no example"
+            + (f" in split {split!r} under {where}" if split else f" under {where}")
+        )
+    return src
 
-    if d.test_split:
-        train_sources = [source(s) for s in d.train_splits]
-        test_source = source(d.test_split)
-        train = _gather([s[i] for s in train_sources for i in range(len(s))], d.key)
-        test = _gather([test_source[i] for i in range(len(test_source))], d.key)
-        described = f"train {'+'.join(d.train_splits)}, test {d.test_split}"
-        spec, names = test_source.specs[d.key], test_source.label_names["label"]
+
+def _images(sources: Sequence[Any], key: str) -> LabelledImages:
+    return _gather([s[i] for s in sources for i in range(len(s))], key)
+
+
+def _absolute(root: str | None) -> str | None:
+    return None if root is None else os.path.abspath(root)
+
+
+def _fraction(x: float) -> str:
+    """1/3 for 0.333..., 3/10 for 0.3."""
+    return str(fractions.Fraction(x).limit_denominator(100))
+
+
+def _seeded_split(config: ml_collections.ConfigDict) -> Splits:
+    d = config.data
+    src = _source(
+        d, d.train_root, None, "data.train_root" if d.train_root else "data.source_args.root"
+    )
+    data = _images([src], d.key)
+    tr, te = stratified_split(data.labels, config.test_fraction, config.seed)
+    take = lambda idx: LabelledImages(data.images[idx], data.valid[idx], data.labels[idx])
+    how = (
+        f"random split of one source, {_fraction(config.test_fraction)} in test"
+        if data.labels.ndim == 2
+        else f"stratified split of one source, {_fraction(config.test_fraction)} of each class"
+        " in test"
+    )
+    return Splits(
+        take(tr),
+        take(te),
+        src.specs[d.key],
+        list(src.label_names["label"]),
+        f"seeded {how} ({len(te)} of {len(data.labels)} images)",
+        {"train+test": src},
+        {"train+test": _absolute(d.train_root or d.source_args.get("root"))},
+    )
+
+
+def _part(splits: Sequence[str], count: int, whose: str = "the") -> str:
+    """E.g. "the source's 'train' and 'validation' splits (16 examples)", "all 72 examples"."""
+    if not splits:
+        return f"all {count} examples"
+    plural = "s" if len(splits) > 1 else ""
+    return f"{whose} {' and '.join(map(repr, splits))} split{plural} ({count} examples)"
+
+
+def _check_same_classes(train_sources: Sequence[Any], test_source: Any) -> None:
+    """Label indices mean the same class in every part, or a ConfigError names both lists (e.g.
+    separate folders that do not hold the same classes: give `classes` in source_args)."""
+    test_names = list(test_source.label_names["label"])
+    for source in train_sources:
+        names = list(source.label_names["label"])
+        if names != test_names:
+            raise validate.ConfigError(
+                f"config key data.source_args.classes: the training data's classes {names} differ"
+                f" from the test data's {test_names}; list the classes in one order with"
+                " --config.data.source_args.classes"
+            )
+
+
+def load_splits(config: ml_collections.ConfigDict) -> Splits:
+    """The train and test parts of `config.data` (module docstring, "Split")."""
+    d = config.data
+    if not d.test_root and not d.test_split:
+        return _seeded_split(config)
+    if not d.test_root and not d.train_splits:
+        raise validate.ConfigError(
+            f"config key data.test_split = {d.test_split!r}: needs data.train_splits (the"
+            " source's splits to train on) or data.test_root"
+        )
+    train_root = d.train_root or d.source_args.get("root")
+    test_root = d.test_root or train_root
+    train_key = "data.train_splits" if d.train_splits else "data.train_root"
+    train_sources = [_source(d, train_root, s, train_key) for s in d.train_splits or [None]]
+    test_key = "data.test_split" if d.test_split else "data.test_root"
+    test_source = _source(d, test_root, d.test_split, test_key)
+    _check_same_classes(train_sources, test_source)
+    train, test = _images(train_sources, d.key), _images([test_source], d.key)
+    test_splits = [d.test_split] if d.test_split else []
+    if d.test_root:
+        description = (
+            f"train: {_part(d.train_splits, len(train.labels))} under {train_root}; test:"
+            f" {_part(test_splits, len(test.labels))} under {test_root}"
+        )
     else:
-        src = source()
-        data = _gather([src[i] for i in range(len(src))], d.key)
-        tr, te = stratified_split(data.labels, config.test_fraction, config.seed)
-        take = lambda idx: LabelledImages(data.images[idx], data.valid[idx], data.labels[idx])
-        train, test = take(tr), take(te)
-        described = f"seeded split, {config.test_fraction:.3g} of each class in test"
-        spec, names = src.specs[d.key], src.label_names["label"]
-    return train, test, spec, list(names), described
+        source_s = "the source's"
+        description = (
+            f"train: {_part(d.train_splits, len(train.labels), source_s)};"
+            f" test: {_part(test_splits, len(test.labels), 'its')}"
+        )
+    return Splits(
+        train,
+        test,
+        test_source.specs[d.key],
+        list(test_source.label_names["label"]),
+        description,
+        {"train": _Together(train_sources), "test": test_source},
+        {"train": _absolute(train_root), "test": _absolute(test_root)},
+    )
 
 
 class Preprocess:
-    """Raw images -> the encoder's input: normalised with train statistics, resized."""
+    """Raw images -> the encoder's input: normalised with train statistics (method
+    `baselines.RAW`: left raw, invalid pixels NaN), resized unless already at the size."""
 
     def __init__(self, key: str, spec: SensorSpec, train: LabelledImages, method: str, size: int):
         self.key, self.size = key, size
         band_stats = stats.compute_band_stats(zip(train.images, train.valid), spec.bands)
-        self.norm = normalize.Normalize.of_band_stats(key, spec, method, band_stats)
+        self.norm = (
+            None
+            if method == baselines.RAW
+            else normalize.Normalize.of_band_stats(key, spec, method, band_stats)
+        )
         # Per-band value range of the corruptions: the train split's min and max.
         self.lo, self.hi = corruptions.band_range(band_stats, spec.bands)
 
+    def _normalized(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        if self.norm is None:
+            return np.where(valid, image, np.nan).astype(np.float32)
+        return self.norm.map({self.key: image, valid_key(self.key): valid})[self.key]
+
+    def _resized(self, image: np.ndarray) -> np.ndarray:
+        out = (self.size, self.size)
+        if image.shape[:2] == out:
+            return image
+        return augment.crop_resize(image, (0.0, 0.0, 1.0, 1.0), out, nearest=False)
+
     def __call__(self, images: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """[B, H, W, C] raw -> f32[B, S, S, C]."""
-        box, out = (0.0, 0.0, 1.0, 1.0), (self.size, self.size)
-        return np.stack(
-            [
-                augment.crop_resize(
-                    self.norm.map({self.key: x, valid_key(self.key): v})[self.key],
-                    box,
-                    out,
-                    nearest=False,
-                )
-                for x, v in zip(images, valid)
-            ]
-        )
+        return np.stack([self._resized(self._normalized(x, v)) for x, v in zip(images, valid)])
 
 
 def batches(
@@ -172,6 +321,72 @@ def _metric_of(scores: np.ndarray, labels: np.ndarray, multilabel: bool) -> dict
     return metrics.multiclass_metrics(scores.argmax(1), labels, scores.shape[1])
 
 
+def _headline(multilabel: bool) -> str:
+    return "map_macro" if multilabel else "oa"
+
+
+def _scored(scores: np.ndarray, labels: np.ndarray, multilabel: bool, seed: int) -> dict[str, Any]:
+    """`_metric_of` test scores [N, K], with the 95 % bootstrap interval of the headline metric."""
+    out = _metric_of(scores, labels, multilabel)
+    headline = _headline(multilabel)
+    out[f"{headline}_ci95"] = list(
+        metrics.bootstrap_interval(
+            lambda idx: _metric_of(scores[idx], labels[idx], multilabel)[headline],
+            len(scores),
+            seed=seed,
+        )
+    )
+    return out
+
+
+def _summary(scored: dict[str, Any]) -> dict[str, Any]:
+    """The metrics of `_scored` without the per-class ones."""
+    return {k: v for k, v in scored.items() if k not in ("confusion", "per_class_recall")}
+
+
+def _linear_classifier(config, feats, labels, num_classes, multilabel):
+    """The `linear` protocol on train features [N, D] and labels: -> (classify: features [M, D]
+    -> scores [M, K], settings to report)."""
+    fit_i, val_i = stratified_split(labels, config.linear.val_fraction, config.seed + 1)
+    probe = linear.fit_linear_probe(
+        feats[fit_i],
+        labels[fit_i],
+        feats[val_i],
+        labels[val_i],
+        num_outputs=num_classes,
+        multilabel=multilabel,
+        steps=config.linear.steps,
+    )
+    post = jax.nn.sigmoid if multilabel else (lambda z: z)
+    settings = {
+        "weight_decay": probe.weight_decay,
+        "steps": config.linear.steps,
+        "validation_scores": probe.validation_scores,
+    }
+    return (lambda features: np.asarray(post(probe.logits(features)))), settings
+
+
+def score_baselines(config, train, test, num_classes, multilabel) -> dict[str, dict[str, Any]]:
+    """{name: {"description", "metrics"}} of the baselines on the encoder's split."""
+    majority = baselines.majority_scores(train.labels, len(test.labels), num_classes)
+    classify, _ = _linear_classifier(
+        config,
+        baselines.image_statistics(train.images, train.valid),
+        train.labels,
+        num_classes,
+        multilabel,
+    )
+    image_stats = classify(baselines.image_statistics(test.images, test.valid))
+    scored = lambda scores: _summary(_scored(scores, test.labels, multilabel, config.seed))
+    return {
+        "majority": {"description": baselines.MAJORITY[multilabel], "metrics": scored(majority)},
+        "image_stats probe": {
+            "description": baselines.IMAGE_STATS_PROBE,
+            "metrics": scored(image_stats),
+        },
+    }
+
+
 def _fit_classifier(config, workdir, encoder, spec, train, prep, num_classes, multilabel):
     """-> (featurize: encoder-ready images [B, S, S, C] -> features [B, D],
     classify: features [N, D] -> scores [N, K], settings to report)."""
@@ -194,23 +409,8 @@ def _fit_classifier(config, workdir, encoder, spec, train, prep, num_classes, mu
             )[1]
 
         return featurize, classify, k.to_dict()
-    fit_i, val_i = stratified_split(train.labels, config.linear.val_fraction, config.seed + 1)
-    probe = linear.fit_linear_probe(
-        feats[fit_i],
-        train.labels[fit_i],
-        feats[val_i],
-        train.labels[val_i],
-        num_outputs=num_classes,
-        multilabel=multilabel,
-        steps=config.linear.steps,
-    )
-    post = jax.nn.sigmoid if multilabel else (lambda z: z)
-    settings = {
-        "weight_decay": probe.weight_decay,
-        "steps": config.linear.steps,
-        "validation_scores": probe.validation_scores,
-    }
-    return featurize, (lambda features: np.asarray(post(probe.logits(features)))), settings
+    classify, settings = _linear_classifier(config, feats, train.labels, num_classes, multilabel)
+    return featurize, classify, settings
 
 
 def _finetune(config, workdir, encoder, spec, train, prep, num_classes, multilabel):
@@ -256,19 +456,30 @@ def _finetune(config, workdir, encoder, spec, train, prep, num_classes, multilab
     return featurize, lambda features: np.asarray(classify(features)), settings
 
 
+def _load_encoder(ref: str, data: LabelledImages):
+    """The encoder `ref`; `baseline:image_stats` reads the images at their native size."""
+    if baselines.is_baseline(ref):
+        return baselines.ImageStatsEncoder(image_size=data.images.shape[1])
+    return encoders.load_encoder(ref)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Runs the classification evaluation of `config`; writes WORKDIR/report.{json,md} + plots."""
     if config.method not in METHODS:
         raise ValueError(f"unknown classification method {config.method!r}; expected {METHODS}")
+    baselines.check_encoder(config.encoder, config.method)
     start = time.perf_counter()
     workdir = report.prepare_workdir(workdir, config.encoder)
-    train, test, spec, class_names, split = load_splits(config)
+    splits = load_splits(config)
+    train, test, spec, class_names = splits.train, splits.test, splits.spec, splits.class_names
     multilabel = train.labels.ndim == 2
-    encoder = encoders.load_encoder(config.encoder)
+    encoder = _load_encoder(config.encoder, train)
     # An encoder that reads none of the data's bands stops here, before any compute.
     missing_bands = encoder.zero_filled_bands([(config.data.key, spec)])
+    stand_ins = encoder.stand_in_bands([(config.data.key, spec)])
     method = config.data.normalization or encoder.normalization
-    prep = Preprocess(config.data.key, spec, train, method, encoder.image_size)
+    size = encoder.image_size
+    prep = Preprocess(config.data.key, spec, train, method, size)
     featurize, classify, settings = _fit_classifier(
         config, workdir, encoder, spec, train, prep, len(class_names), multilabel
     )
@@ -277,35 +488,30 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
         stream = batches(test, prep, config.batch_size, corruption, config.seed)
         return classify(_concat(featurize, stream))
 
-    scores = test_scores()
-    clean = _metric_of(scores, test.labels, multilabel)
-    headline = "map_macro" if multilabel else "oa"
-    clean[f"{headline}_ci95"] = list(
-        metrics.bootstrap_interval(
-            lambda idx: _metric_of(scores[idx], test.labels[idx], multilabel)[headline],
-            len(scores),
-            seed=config.seed,
-        )
-    )
+    clean = _scored(test_scores(), test.labels, multilabel, config.seed)
+    headline = _headline(multilabel)
     result = {
         "task": "multilabel_classification" if multilabel else "classification",
         "method": config.method,
-        "encoder": report.encoder_card(encoder, missing_bands),
+        "encoder": report.encoder_card(encoder, missing_bands, stand_ins),
         "data": {
             "source": config.data.source,
             "sensor": spec.sensor,
             "bands": list(spec.bands),
-            "split": split,
+            "split": splits.description,
             "train": len(train.images),
             "test": len(test.images),
+            "roots": splits.roots,
+            "provenance": provenance.describe(splits.sources),
             "normalization": method,
-            "resize_to": encoder.image_size,
-            "interpolation": "bilinear",
+            "resize_to": size,
+            "interpolation": "bilinear" if train.images.shape[1:3] != (size, size) else "none",
             "classes": class_names,
         },
         config.method: settings,
-        "metrics": {k: v for k, v in clean.items() if k not in ("confusion", "per_class_recall")},
+        "metrics": _summary(clean),
         "headline_metric": headline,
+        "baselines": score_baselines(config, train, test, len(class_names), multilabel),
     }
     if not multilabel:
         result["confusion"] = clean["confusion"]

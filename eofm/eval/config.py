@@ -40,6 +40,7 @@ def fit(
 def _common(task: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = task
+    # A pretraining WORKDIR, random:CONFIG[:ARGS] or (classification) baseline:image_stats.
     c.encoder = "random:configs/pretrain/smarties.py:tiny"
     c.seed = 0
     c.batch_size = 32  # inference batch
@@ -58,8 +59,10 @@ def classification(method: str = "knn") -> ml_collections.ConfigDict:
             source_args={},
             key="",
             normalization="",  # "" = the encoder's pretraining method
-            train_splits=(),  # with test_split: the source's own splits
-            test_split="",  # "" = a seeded (stratified) split with test_fraction in test
+            train_root="",  # "" = source_args' root
+            test_root="",  # "" = the test examples come from the train root
+            train_splits=(),  # with test_split: the source's own splits; () = all examples
+            test_split="",  # "" and no test_root: seeded (stratified) split, test_fraction in test
         )
     )
     c.test_fraction = 1 / 3
@@ -70,15 +73,32 @@ def classification(method: str = "knn") -> ml_collections.ConfigDict:
 
 
 def dense(task: str) -> ml_collections.ConfigDict:
-    """`segmentation` or `change_detection`: a head on tapped encoder blocks."""
+    """`segmentation` or `change_detection`: a head on tapped encoder blocks.
+
+    Split: data.train_split / test_split (the source's `split=`) and data.train_root / test_root
+    (its `root=`) build the train and test scenes separately ("" = unused); else data.train_ids /
+    test_ids (whole scenes of one build) or test_region. fit.class_weights: "inverse_frequency"
+    of the training pixels, "none" or K floats."""
     c = _common(task)
     c.data = ml_collections.ConfigDict(
-        dict(source="", source_args={}, inputs=(), normalization="", train_ids=(), test_ids=())
+        dict(
+            source="",
+            source_args={},
+            inputs=(),
+            normalization="",
+            train_ids=(),
+            test_ids=(),
+            train_split="",
+            test_split="",
+            train_root="",
+            test_root="",
+        )
     )
     c.head = ml_collections.ConfigDict(
         dict(kind="upernet", channels=128, taps=(), fusion="diff")  # taps () = encoder default
     )
     c.fit = fit(steps=300, lr=1e-3, batch_size=8)
+    c.fit.class_weights = ml_collections.FieldReference("inverse_frequency", field_type=object)
     c.window_stride = 0.5  # sliding-window stride, as a fraction of the window
     c.test_region = ()  # (top, left, height, width) fractions held out inside the train scenes
     c.num_overlays = 4

@@ -3,21 +3,30 @@
 Protocol (PANGAEA-like):
 - Scenes come from a source whose items hold the image keys and a "mask" (int class per pixel,
   -1 = nodata / unlabelled: never scored, never trained on).
-- Split: whole scenes (`data.train_ids` / `data.test_ids`), or a spatial hold-out `test_region`
+- Split: two builds of the source, one for training and one for testing (`data.train_split` /
+  `data.test_split` passed as `split=`, `data.train_root` / `data.test_root` as `root=`); or whole
+  scenes of one build (`data.train_ids` / `data.test_ids`); or a spatial hold-out `test_region`
   (top, left, height, width as fractions) inside every scene; training windows never overlap it.
+  The report states the split in words, with the labelled pixels of each side, and the files
+  each build read (`eofm.eval.provenance`).
 - Normalisation: the encoder's pretraining method with per-band statistics of the training pixels
   of each (key, sensor). A test scene of a sensor absent from training (e.g. Landsat 5 TM -> 7
   ETM+) uses its own pixels' statistics, which needs no labels; the report says which was used.
 - Training: random windows of the encoder's native size (`windows.TrainingWindows`: random
   90-degree rotation and flip, the same for every key and the mask), cross-entropy over labelled
-  pixels only, with the shared training loop (`eofm.eval.fit`, in WORKDIR/fit); the encoder
-  frozen (fit.finetune=True trains it with LLRD).
+  pixels only, each pixel weighted by its class (`fit.class_weights`: inverse frequency of the
+  training pixels by default), with the shared training loop (`eofm.eval.fit`, in WORKDIR/fit);
+  the encoder frozen (fit.finetune=True trains it with LLRD).
 - Inference: sliding windows of the native size with `window_stride` overlap, logits blended
   with smooth weights that fall towards each window's edge (those of whole-scene inference, so
   scripts/infer_scene.py --head maps a scene as the evaluation does); scenes smaller than a
   window are padded by reflection.
 - Segmentation reports miou_macro, iou_micro, oa and mf1; change detection the change class's
-  precision, recall, f1 and iou over labelled pixels.
+  precision, recall, f1 and iou over labelled pixels. The prediction is the argmax of the blended
+  logits; binary tasks also report the test metrics at the class-1 probability threshold that
+  maximises F1 on the training pixels (`result["threshold"]`).
+- Baselines on the same test pixels (`eofm.eval.pixel_baselines`): constant maps and the best
+  one-band threshold fitted on the training pixels.
 - Change detection: one encoder applied to both dates (Siamese); per feature level the grids are
   fused by `diff` (after - before) or `concat`, then the head. Corruptions hit the second date only
   (a misregistration, for the geometric ones), the reference stays.
@@ -44,7 +53,17 @@ from flax import nnx
 from eofm import sensors
 from eofm.data import datasets, normalize, stats
 from eofm.data.spec import SensorSpec, specs_to_json, valid_key
-from eofm.eval import corruptions, encoders, heads, metrics, plots, report, windows
+from eofm.eval import (
+    corruptions,
+    encoders,
+    heads,
+    metrics,
+    pixel_baselines,
+    plots,
+    provenance,
+    report,
+    windows,
+)
 from eofm.eval import fit as fit_lib
 from eofm.infer import tiling
 
@@ -59,6 +78,7 @@ class Scene:
     mask: np.ndarray
     specs: dict[str, SensorSpec]
     held_out: np.ndarray  # bool[H, W]: the test region (all False for whole-scene splits)
+    origin: tuple[int, int] = (0, 0)  # (row, col) of the first pixel in the source's scene
 
     def crop(self, box: tuple[slice, slice]) -> Scene:
         return Scene(
@@ -68,6 +88,7 @@ class Scene:
             self.mask[box],
             self.specs,
             np.zeros(self.mask[box].shape, bool),
+            (self.origin[0] + box[0].start, self.origin[1] + box[1].start),
         )
 
 
@@ -80,13 +101,20 @@ def _region(shape: tuple[int, int], region: Sequence[float]) -> tuple[slice, sli
     )
 
 
-def load_scenes(config: ml_collections.ConfigDict) -> tuple[list[Scene], list[Scene], list[str]]:
-    """(train scenes, test scenes, class names) of `config.data`."""
-    d = config.data
-    source = datasets.make_source(d.source, **d.source_args)
-    missing = [k for k in d.inputs if k not in source.specs]
-    if missing:
-        raise ValueError(f"source {d.source!r} has images {sorted(source.specs)}, not {missing}")
+@dataclasses.dataclass
+class SceneSplit:
+    """Train and test scenes, the sources they came from ({"train", "test"} or {"train+test"}) and
+    the split in words."""
+
+    train: list[Scene]
+    test: list[Scene]
+    class_names: list[str]
+    sources: dict[str, Any]
+    description: str
+
+
+def _scenes_of(source, inputs: Sequence[str]) -> list[Scene]:
+    """Every item of `source` as a Scene of the image keys `inputs`."""
     spec_of = getattr(source, "spec_of", lambda i: source.specs)
     scenes = []
     for i in range(len(source)):
@@ -95,34 +123,129 @@ def load_scenes(config: ml_collections.ConfigDict) -> tuple[list[Scene], list[Sc
         scenes.append(
             Scene(
                 str(item["id"]),
-                {k: np.asarray(item[k], np.float32) for k in d.inputs},
-                {k: np.asarray(item[valid_key(k)]) for k in d.inputs},
+                {k: np.asarray(item[k], np.float32) for k in inputs},
+                {k: np.asarray(item[valid_key(k)]) for k in inputs},
                 mask,
-                {k: spec_of(i)[k] for k in d.inputs},
+                {k: spec_of(i)[k] for k in inputs},
                 np.zeros(mask.shape, bool),
             )
         )
+    return scenes
+
+
+def _build_words(split: str, root: str) -> str:
+    """A build in words: the split (and root) it selects, or the root it reads."""
+    if split:
+        return f"the {split!r} split" + (f" under {root}" if root else "")
+    return f"the scenes under {root}" if root else "the configured scenes"
+
+
+def _build_source(d: ml_collections.ConfigDict, split: str = "", root: str = ""):
+    """Source `d.source` with `d.source_args`, `split=split` and `root=root` where given; an error
+    names the build when it has no scene or lacks an image key."""
+    args = {
+        **d.source_args,
+        **({"split": split} if split else {}),
+        **({"root": root} if root else {}),
+    }
+    source = datasets.make_source(d.source, **args)
+    where = f"source {d.source!r} ({_build_words(split, args.get('root', ''))})"
+    if len(source) == 0:
+        raise ValueError(f"{where} has no scenes")
+    missing = [k for k in d.inputs if k not in source.specs]
+    if missing:
+        raise ValueError(f"{where} has images {sorted(source.specs)}, not {missing}")
+    return source
+
+
+def _labelled_words(scenes: list[Scene]) -> str:
+    """The scene ids (their number past 6) and their labelled pixels outside any test region, as
+    in "Nanjing, 14,756 labelled pixels"."""
+    ids = ", ".join(s.id for s in scenes) if len(scenes) <= 6 else f"{len(scenes)} scenes"
+    pixels = sum(int(pixel_baselines.training_pixels(s).sum()) for s in scenes)
+    return f"{ids}, {pixels:,} labelled pixels"
+
+
+def _separate_split(config: ml_collections.ConfigDict) -> SceneSplit:
+    """Train scenes from one build of the source, test scenes from another."""
+    d = config.data
+    if d.train_ids or d.test_ids or config.test_region:
+        raise ValueError(
+            "data.train_split / test_split / train_root / test_root choose the scenes: leave"
+            " data.train_ids, data.test_ids and test_region empty"
+        )
+    train_source = _build_source(d, d.train_split, d.train_root)
+    test_source = _build_source(d, d.test_split, d.test_root)
+    names = list(train_source.label_names["mask"])
+    if list(test_source.label_names["mask"]) != names:
+        raise ValueError(
+            f"train classes {names} differ from test classes {test_source.label_names['mask']}"
+        )
+    train, test = _scenes_of(train_source, d.inputs), _scenes_of(test_source, d.inputs)
+    # The root of source_args is named only where no split tells the builds apart.
+    words = lambda split, root: _build_words(
+        split, root or ("" if split else d.source_args.get("root", ""))
+    )
+    description = (
+        f"train: {words(d.train_split, d.train_root)} ({_labelled_words(train)});"
+        f" test: {words(d.test_split, d.test_root)} ({_labelled_words(test)})"
+    )
+    sources = {"train": train_source, "test": test_source}
+    return SceneSplit(train, test, names, sources, description)
+
+
+def _one_source_split(config: ml_collections.ConfigDict) -> SceneSplit:
+    """Whole scenes by id, or a test region held out inside every scene, of one build."""
+    d = config.data
+    source = _build_source(d)
+    scenes = _scenes_of(source, d.inputs)
     by_id = {s.id: s for s in scenes}
     unknown = [i for i in (*d.train_ids, *d.test_ids) if i not in by_id]
     if unknown:
         raise ValueError(f"scene ids {unknown} not in {d.source!r} (it has {sorted(by_id)})")
     names = list(source.label_names["mask"])
+    sources = {"train+test": source}
     if d.test_ids:
         train = (
             [by_id[i] for i in d.train_ids]
             if d.train_ids
             else [s for s in scenes if s.id not in d.test_ids]
         )
-        return train, [by_id[i] for i in d.test_ids], names
+        test = [by_id[i] for i in d.test_ids]
+        description = (
+            f"train scenes {_labelled_words(train)}; test scenes {_labelled_words(test)}"
+            " (whole scenes)"
+        )
+        return SceneSplit(train, test, names, sources, description)
     if not config.test_region:
-        raise ValueError("give data.test_ids or a test_region to hold out")
+        raise ValueError("give data.test_ids, data.train_split / test_split or a test_region")
     train, test = [], []
     for s in scenes:
         box = _region(s.mask.shape, config.test_region)
         s.held_out[box] = True
         train.append(s)
         test.append(s.crop(box))
-    return train, test, names
+    top, left, height, width = config.test_region
+    description = (
+        f"spatial hold-out: the region (top {top:g}, left {left:g}, height {height:g}, width"
+        f" {width:g}) of every scene is test ({_labelled_words(test)}), the rest train"
+        f" ({_labelled_words(train)})"
+    )
+    return SceneSplit(train, test, names, sources, description)
+
+
+def load_split(config: ml_collections.ConfigDict) -> SceneSplit:
+    """The train and test scenes of `config.data` (see the module docstring)."""
+    d = config.data
+    if d.train_split or d.test_split or d.train_root or d.test_root:
+        return _separate_split(config)
+    return _one_source_split(config)
+
+
+def load_scenes(config: ml_collections.ConfigDict) -> tuple[list[Scene], list[Scene], list[str]]:
+    """(train scenes, test scenes, class names) of `config.data`."""
+    split = load_split(config)
+    return split.train, split.test, split.class_names
 
 
 class Normalizers:
@@ -192,11 +315,66 @@ class Normalizers:
         return self._normalize[k].map({key: raw, valid_key(key): valid})[key]
 
 
-def masked_cross_entropy(logits: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean cross-entropy over pixels with mask >= 0.  logits [B, H, W, K], mask int[B, H, W]."""
+def masked_cross_entropy(
+    logits: jax.Array, mask: jax.Array, weights: jax.Array | None = None
+) -> jax.Array:
+    """Class-weighted mean cross-entropy over pixels with mask >= 0: sum(w[y] ce) / sum(w[y]).
+
+    logits [B, H, W, K], mask int[B, H, W], weights f32[K] (None: all 1); 0 without a labelled
+    pixel of positive weight."""
     labelled = mask >= 0
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(mask, 0))
-    return jnp.sum(ce * labelled) / jnp.maximum(jnp.sum(labelled), 1)
+    label = jnp.maximum(mask, 0)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, label)
+    w = labelled if weights is None else jnp.where(labelled, jnp.asarray(weights)[label], 0.0)
+    total = jnp.sum(w)
+    return jnp.sum(ce * w) / jnp.where(total > 0, total, 1.0)
+
+
+def class_pixel_counts(scenes: list[Scene], num_classes: int) -> np.ndarray:
+    """int64[K]: training pixels (labelled, outside any test region) of each class."""
+    counts = np.zeros(num_classes, np.int64)
+    for s in scenes:
+        counts += np.bincount(s.mask[pixel_baselines.training_pixels(s)], minlength=num_classes)
+    return counts
+
+
+def inverse_frequency_weights(counts: np.ndarray) -> np.ndarray:
+    """f64[K] w_k = N / (K n_k) of class pixel counts n_k (N their sum); 0 for an absent class."""
+    counts = np.asarray(counts, np.float64)
+    out = np.zeros_like(counts)
+    present = counts > 0
+    out[present] = counts.sum() / (len(counts) * counts[present])
+    return out
+
+
+def class_weights(setting, counts: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """The loss's class weights of `fit.class_weights` ("inverse_frequency", "none" or K floats)
+    and the training pixel counts: {"setting", "weights": {class: w}, "training_pixels":
+    {class: n}, "warning" (a class without training pixels, else absent)}."""
+    k = len(class_names)
+    if isinstance(setting, str):
+        if setting not in ("inverse_frequency", "none"):
+            raise ValueError(
+                f"fit.class_weights {setting!r}: expected 'inverse_frequency', 'none' or {k} floats"
+            )
+        weights = (
+            inverse_frequency_weights(counts) if setting == "inverse_frequency" else np.ones(k)
+        )
+    else:
+        weights = np.asarray(setting, np.float64)
+        if weights.shape != (k,) or (weights < 0).any():
+            raise ValueError(f"fit.class_weights {setting}: expected {k} non-negative floats")
+    out = {
+        "setting": setting if isinstance(setting, str) else weights.tolist(),
+        "weights": dict(zip(class_names, weights.tolist())),
+        "training_pixels": dict(zip(class_names, np.asarray(counts).tolist())),
+    }
+    absent = [name for name, n in zip(class_names, counts) if n == 0]
+    if absent:
+        out["warning"] = f"no training pixel of class {', '.join(absent)}" + (
+            ": weight 0" if setting == "inverse_frequency" else ""
+        )
+    return out
 
 
 def _check_keys(task: str, keys: tuple[str, ...], count: int) -> None:
@@ -334,8 +512,8 @@ class Evaluator:
         self._predictors = {}
         self._clean = {}  # scene id -> normalised clean images
 
-    def predict(self, scene: Scene, images: dict[str, np.ndarray]) -> np.ndarray:
-        """Class map int[H, W] of normalised scene images {key: [H, W, C]}."""
+    def logits(self, scene: Scene, images: dict[str, np.ndarray]) -> np.ndarray:
+        """Blended logits f32[H, W, K] of normalised scene images {key: [H, W, C]}."""
         specs = {k: scene.specs[k] for k in self.task.keys}
         layout = tuple(specs.values())
         if layout not in self._predictors:  # one jitted forward per sensor layout
@@ -344,7 +522,7 @@ class Evaluator:
                 self.model,
                 self.head,
             )
-        logits = windows.sliding_window(
+        return windows.sliding_window(
             self._predictors[layout],
             images,
             self.window,
@@ -352,7 +530,15 @@ class Evaluator:
             self.num_classes,
             self.batch_size,
         )
-        return logits.argmax(-1)
+
+    def predict(self, scene: Scene, images: dict[str, np.ndarray]) -> np.ndarray:
+        """Class map int[H, W]: the argmax of `logits`."""
+        return self.logits(scene, images).argmax(-1)
+
+    def class1_probability(self, scene: Scene) -> np.ndarray:
+        """f32[H, W] softmax probability of class 1 of the clean scene (train or test)."""
+        images = {k: self.norm(scene, k) for k in self.task.keys}
+        return np.asarray(jax.nn.softmax(self.logits(scene, images), axis=-1)[..., 1])
 
     def clean(self, scene: Scene) -> dict[str, np.ndarray]:
         if scene.id not in self._clean:
@@ -391,12 +577,21 @@ class Evaluator:
         return images, np.asarray(moved["mask"][0]) if moves_mask else scene.mask
 
     def evaluate(self, scenes: list[Scene], corruption=None) -> tuple[dict, list[np.ndarray]]:
-        """(the task's metrics over all scenes, predicted class maps)."""
+        """(the task's metrics over all scenes, predicted class maps); the clean evaluation
+        prints a line per scene."""
         preds, masks = [], []
         for index, scene in enumerate(scenes):
+            start = time.perf_counter()
             images, mask = self.inputs(scene, index, corruption)
             preds.append(self.predict(scene, images))
             masks.append(mask)
+            if corruption is None:
+                h, w = mask.shape
+                print(
+                    f"evaluate {index + 1}/{len(scenes)} | {scene.id} ({h} x {w} px)"
+                    f" | {time.perf_counter() - start:.1f} s",
+                    flush=True,
+                )
         return self.task.score(preds, masks, self.num_classes), preds
 
 
@@ -415,8 +610,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     task = dense_task(config)
     workdir = report.prepare_workdir(workdir, config.encoder)
     keys = task.keys
-    train, test, class_names = load_scenes(config)
+    split = load_split(config)
+    train, test, class_names = split.train, split.test, split.class_names
     num_classes = len(class_names)
+    train_pixels = class_pixel_counts(train, num_classes)
+    weighting = class_weights(config.fit.class_weights, train_pixels, class_names)
+    weights = jnp.asarray(list(weighting["weights"].values()), jnp.float32)
     encoder = encoders.load_encoder(config.encoder)
     # An encoder that reads none of a scene's bands stops here, before any training.
     missing_bands = encoder.zero_filled_bands((k, s.specs[k]) for s in train + test for k in keys)
@@ -448,7 +647,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
 
     def loss_fn(model, head, batch):
         logits = dense_logits(task, model, head, batch, specs)
-        return masked_cross_entropy(logits, batch["mask"]), {}
+        return masked_cross_entropy(logits, batch["mask"], weights), {}
 
     inference = {
         "config": config.to_dict(),
@@ -497,6 +696,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
             "train": [s.id for s in train],
             "test": [s.id for s in test],
             "test_region": list(config.test_region),
+            "split": split.description,
+            "provenance": provenance.describe(split.sources),
+            "labelled_train_pixels": int(train_pixels.sum()),
             "labelled_test_pixels": int(sum((s.mask >= 0).sum() for s in test)),
             "normalization": norm.method,
             "statistics": norm.sources,
@@ -505,10 +707,17 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
             "classes": class_names,
         },
         "head": {**config.head.to_dict(), "levels": [list(level) for level in level_shapes]},
-        "fit": {**config.fit.to_dict(), "history": history},
+        "fit": {**config.fit.to_dict(), "class_weights": weighting, "history": history},
         "metrics": clean,
         "headline_metric": headline,
+        "baselines": baselines(task, train, test, norm, class_names),
     }
+    if "warning" in weighting:
+        result["warnings"] = [f"class weights: {weighting['warning']}"]
+    if num_classes == 2:
+        result["threshold"] = f1_optimal_threshold(evaluator, train, test)
+        at_threshold = result["threshold"]["test_metrics"][headline]
+        result["metrics"][f"{headline}_at_train_threshold"] = at_threshold
     result["robustness"] = report.robustness_sweep(
         config.robustness, lambda c: evaluator.evaluate(test, c)[0][headline], clean[headline]
     )
@@ -517,31 +726,77 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
         workdir,
         result,
         class_names=class_names,
-        overlay=_overlay(test, preds, keys[-1], window, config.num_overlays),
+        overlay=_overlay(task, test, preds, window, config.num_overlays),
     )
     return result
 
 
-def _overlay(test: list[Scene], preds: list[np.ndarray], key: str, window: int, count: int):
-    """Up to `count` window-sized tiles (images of `key`) of the test scenes with the most
-    labelled pixels."""
+def baselines(
+    task: DenseTask, train: list[Scene], test: list[Scene], norm: Normalizers, class_names
+) -> dict[str, dict[str, Any]]:
+    """The task's `pixel_baselines` on the test scenes, thresholds fitted on the training pixels."""
+    if isinstance(task, ChangeDetection):
+        return pixel_baselines.change_baselines(task, train, test, norm)
+    return pixel_baselines.segmentation_baselines(task, train, test, norm, class_names)
+
+
+def f1_optimal_threshold(
+    evaluator: Evaluator, train: list[Scene], test: list[Scene]
+) -> dict[str, Any]:
+    """The class-1 probability threshold maximising F1 on the training pixels, and the test
+    metrics (`task.score`, plus the class-1 "test_f1") of the maps thresholded there."""
+    values, positive = [], []
+    for scene in train:
+        keep = pixel_baselines.training_pixels(scene)
+        values.append(evaluator.class1_probability(scene)[keep])
+        positive.append(scene.mask[keep] == 1)
+    threshold = pixel_baselines.best_threshold(
+        np.concatenate(values), np.concatenate(positive), "f1", both_directions=False
+    )
+    preds = [threshold.apply(evaluator.class1_probability(s)) for s in test]
+    masks = [s.mask for s in test]
+    class1 = metrics.ChangeMetrics()
+    for pred, mask in zip(preds, masks):
+        class1.update(pred[None], (mask == 1)[None], (mask == 0)[None])
+    return {
+        "value": threshold.value,
+        "train_f1": threshold.train_score,
+        "test_f1": class1.result()["f1"],
+        "test_metrics": evaluator.task.score(preds, masks, evaluator.num_classes),
+    }
+
+
+def _overlay(task: DenseTask, test: list[Scene], preds: list[np.ndarray], window: int, count: int):
+    """Up to `count` window-sized tiles of the test scenes, those with the most changed pixels
+    (change detection: both dates shown) or the most labelled pixels (segmentation), titled by
+    scene id and position."""
+    change = isinstance(task, ChangeDetection)
     tiles = []
     for scene, pred in zip(test, preds):
-        rgb = plots.display_rgb(scene.raw[key], _rgb_indices(scene.specs[key]))
+        rgbs = [
+            plots.display_rgb(scene.raw[k], _rgb_indices(scene.specs[k]))
+            for k in (task.keys if change else task.keys[-1:])
+        ]
         h, w = scene.mask.shape
         size = min(window, h, w)
         for y in tiling.starts(h, size, size):
             for x in tiling.starts(w, size, size):
                 box = (slice(y, y + size), slice(x, x + size))
-                tiles.append(
-                    (int((scene.mask[box] >= 0).sum()), rgb[box], scene.mask[box], pred[box])
-                )
+                mask = scene.mask[box]
+                weight = int((mask == 1).sum() if change else (mask >= 0).sum())
+                row, col = scene.origin[0] + y, scene.origin[1] + x
+                title = f"{scene.id}\nrows {row}-{row + size}, cols {col}-{col + size}"
+                tiles.append((weight, [rgb[box] for rgb in rgbs], mask, pred[box], title))
     tiles = sorted(tiles, key=lambda t: -t[0])[:count]
-    if not tiles or len({t[1].shape for t in tiles}) > 1:
+    if not tiles or len({t[2].shape for t in tiles}) > 1:
         return None
-    return {
-        "images": np.stack([t[1] for t in tiles]),
+    overlay = {
+        "images": np.stack([t[1][-1] for t in tiles]),
         "truth": np.stack([t[2] for t in tiles]),
         "pred": np.stack([t[3] for t in tiles]).astype(np.int64),
+        "titles": [t[4] for t in tiles],
         "max_items": len(tiles),
     }
+    if change:
+        overlay["before"] = np.stack([t[1][0] for t in tiles])
+    return overlay

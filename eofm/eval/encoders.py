@@ -4,6 +4,8 @@ through its family's encoder interface (`eofm.models.family`) at its native inpu
 Reference forms:
   WORKDIR                          the newest checkpoint of a `pretrain/main.py` run
   random:CONFIG_FILE[:ARGS]        a random init of that pretraining config (a floor to beat)
+  baseline:image_stats             per-band image statistics, for classification only
+                                   (`eofm.eval.baselines`; `load_encoder` refuses it)
 
 A checkpoint carries its model's config, input specs, normalisation and native size, so loading an
 encoder reads no pretraining data; a random init takes the input specs its config's source
@@ -29,7 +31,9 @@ from flax import nnx
 from eofm.data import datasets, inputs
 from eofm.data.spec import SensorSpec, specs_to_json
 from eofm.models import family
-from eofm.train import checkpoint, loop, optim
+from eofm.train import checkpoint, loop, optim, validate
+
+BASELINE_PREFIX = "baseline:"
 
 
 @dataclasses.dataclass
@@ -180,6 +184,17 @@ class Encoder:
         rank = lambda band: (order.index(band) if band in order else len(order), band)
         return {key: sorted(bands, key=rank) for key, bands in missing.items() if bands}
 
+    def stand_in_bands(self, inputs: Iterable[tuple[str, SensorSpec]]) -> dict[str, dict[str, str]]:
+        """{data key: {pretraining band: the data band of another name that the encoder reads in
+        its place, matched by wavelength}} for the keys that have any (e.g. {"rgb": {"B04":
+        "red", ...}} for a Sentinel-2 MAE on RGB photos); families that project any band by its
+        wavelength (SMARTIES) have none."""
+        model = self.model
+        if not hasattr(model, "stand_in_bands"):
+            return {}
+        found = {key: model.stand_in_bands(spec) for key, spec in inputs}
+        return {key: pairs for key, pairs in found.items() if pairs}
+
     def pooled_fn(self, spec: SensorSpec) -> Callable[[jax.Array], jax.Array]:
         """Jitted frozen pooled features: images f32[B, S, S, C] -> [B, D]."""
         return jit_with_modules(lambda model, x: model.features(x, spec)["pooled"], self.model)
@@ -293,10 +308,19 @@ def _pretrained(ref: str) -> Encoder:
 
 
 def run_directory(ref: str) -> Path | None:
-    """The directory of the pretraining run that encoder `ref` reads (None for a random init)."""
-    return None if ref.startswith("random:") else Path(ref)
+    """The directory of the pretraining run that encoder `ref` reads (None for a random init or a
+    baseline)."""
+    return None if ref.startswith(("random:", BASELINE_PREFIX)) else Path(ref)
 
 
 def load_encoder(ref: str) -> Encoder:
-    """The encoder `ref` (a pretraining workdir or `random:CONFIG[:ARGS]`)."""
+    """The encoder `ref` (a pretraining workdir or `random:CONFIG[:ARGS]`).
+
+    Raises ConfigError for a `baseline:NAME` reference: a baseline has no network, and only the
+    classification evaluation reads it (`eofm.eval.baselines`)."""
+    if ref.startswith(BASELINE_PREFIX):
+        raise validate.ConfigError(
+            f"config key encoder = {ref!r}: a baseline without a network serves classification"
+            " (method knn or linear) only; it has no feature maps or weights for this task"
+        )
     return _random(ref) if run_directory(ref) is None else _pretrained(ref)

@@ -297,6 +297,43 @@ def change_metrics(pred: np.ndarray, changed: np.ndarray, unchanged: np.ndarray)
     return metric.result()
 
 
+def binary_counts_by_threshold(
+    scores: np.ndarray, positive: np.ndarray
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Confusion counts of "positive where score > t" for every distinct cut of the scores.
+
+    Args:
+      scores: [N] finite scores.
+      positive: [N] bool references.
+    Returns:
+      (thresholds f64[M + 1], {"tp", "fp", "fn", "tn"}: int64[M + 1]) for the M distinct scores:
+      threshold 0 lies just under the smallest score (all positive), threshold j in 1..M-1 halfway
+      between the (j-1)-th and j-th, threshold M is the largest score (all negative).
+    """
+    scores = np.asarray(scores, np.float64).ravel()
+    positive = np.asarray(positive, bool).ravel()
+    _check_shapes("scores", scores, "positive", positive)
+    if scores.size == 0 or not np.isfinite(scores).all():
+        raise ValueError("scores must be a non-empty array of finite values.")
+    values, inverse = np.unique(scores, return_inverse=True)
+    at_or_above = lambda x: np.r_[np.cumsum(x[::-1])[::-1], 0]
+    tp = at_or_above(np.bincount(inverse, positive, len(values))).astype(np.int64)
+    fp = at_or_above(np.bincount(inverse, ~positive, len(values))).astype(np.int64)
+    thresholds = np.r_[np.nextafter(values[0], -np.inf), (values[:-1] + values[1:]) / 2, values[-1]]
+    counts = {"tp": tp, "fp": fp, "fn": tp[0] - tp, "tn": fp[0] - fp}
+    return thresholds, counts
+
+
+def binary_scores(counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """f1 of the positive class and miou_macro of both classes (as `SegmentationMetrics`: a class
+    in neither references nor predictions is left out) from {"tp", "fp", "fn", "tn"} arrays."""
+    tp, fp, fn, tn = (np.asarray(counts[k], np.float64) for k in ("tp", "fp", "fn", "tn"))
+    ious = np.stack([_ratio(tn, tn + fp + fn), _ratio(tp, tp + fp + fn)])
+    defined = ~np.isnan(ious)
+    miou = _ratio(np.where(defined, ious, 0).sum(0), defined.sum(0))
+    return {"f1": _ratio(2 * tp, 2 * tp + fp + fn), "miou_macro": miou}
+
+
 def bootstrap_interval(
     statistic: Callable[[np.ndarray], float],
     num_examples: int,

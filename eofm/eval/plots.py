@@ -153,15 +153,22 @@ def overlays(
     class_names: Sequence[str],
     ignore_index: int = -1,
     max_items: int = 4,
+    before: np.ndarray | None = None,
+    titles: Sequence[str] | None = None,
 ) -> Path:
     """Grid of segmentation results: per item, image / reference / prediction / errors.
 
     images: [N, H, W, 3] display RGB in [0, 1] (see `display_rgb`); truth, pred: [N, H, W] class
     ids in [0, len(class_names)), truth may also hold ignore_index. Ignored reference pixels are
     grey; the error map shows correct (green), wrong (red) and ignored (grey) pixels. The first
-    max_items items are drawn.
+    max_items items are drawn. before: optional [N, H, W, 3] RGB of a first date, drawn before
+    `images` (then titled "after"); titles: optional N row labels (e.g. scene id and position).
     """
     images = np.asarray(images, np.float64)
+    if before is not None and np.shape(before) != images.shape:
+        raise ValueError(f"before {np.shape(before)} must have the shape of images {images.shape}")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"{len(titles)} titles for {len(images)} images")
     truth = np.asarray(truth)
     pred = np.asarray(pred)
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -185,23 +192,30 @@ def overlays(
 
     colours = _CLASS_COLOURS[:k]
     legend_rows = -(-k // 5)
-    fig = Figure(figsize=(4 * 2.4, n * 2.4 + 0.6 + 0.25 * legend_rows), layout="constrained")
-    axes = fig.subplots(n, 4, squeeze=False)
+    columns = ("image", "reference", "prediction", "errors")
+    if before is not None:
+        columns = ("before", "after", *columns[1:])
+    fig = Figure(
+        figsize=(len(columns) * 2.4, n * 2.4 + 0.6 + 0.25 * legend_rows), layout="constrained"
+    )
+    axes = fig.subplots(n, len(columns), squeeze=False)
     for row in range(n):
         ignored = truth[row] == ignore_index
         reference = colours[np.where(ignored, 0, truth[row])]
         reference[ignored] = _IGNORED
         errors = np.where((truth[row] == pred[row])[..., None], _CORRECT, _WRONG)
         errors[ignored] = _IGNORED
-        panels = (np.nan_to_num(images[row]).clip(0, 1), reference, colours[pred[row]], errors)
-        for ax, panel, title in zip(
-            axes[row], panels, ("image", "reference", "prediction", "errors"), strict=True
-        ):
+        dates = (images[row],) if before is None else (before[row], images[row])
+        rgb = tuple(np.nan_to_num(np.asarray(d, np.float64)).clip(0, 1) for d in dates)
+        panels = (*rgb, reference, colours[pred[row]], errors)
+        for ax, panel, title in zip(axes[row], panels, columns, strict=True):
             ax.imshow(panel, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(title, fontsize="medium")
+        if titles is not None:
+            axes[row][0].set_ylabel(titles[row], fontsize="small")
     classes = [Patch(color=c, label=name) for c, name in zip(colours, class_names, strict=True)]
     outcomes = [
         Patch(color=_CORRECT, label="correct"),

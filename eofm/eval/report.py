@@ -3,8 +3,9 @@
 An evaluation writes only in its own workdir (`prepare_workdir`, before any compute): never in the
 encoder's run, which it only reads.
 
-The JSON holds everything (encoder card, data card, settings, metrics, robustness table); the
-Markdown gives the headline table, the robustness table and links to the plots:
+The JSON holds everything (encoder card, data card with the files read, settings, metrics,
+baselines, robustness table); the Markdown gives the headline table, a flag when a trivial baseline
+beats the encoder, the baselines, the data's provenance, the robustness table and the plots:
   confusion.png      single-label classification (row-normalised confusion matrix)
   robustness.png     metric against severity, one curve per corruption, clean as a dashed line
   overlays.png       dense tasks: image / reference / prediction / errors for a few tiles
@@ -22,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from eofm import files
-from eofm.eval import corruptions, encoders, plots, robustness
+from eofm.eval import corruptions, encoders, plots, provenance, robustness
 from eofm.train import validate
 
 
@@ -40,11 +41,17 @@ def prepare_workdir(workdir: str | os.PathLike, encoder_ref: str) -> Path:
     return workdir
 
 
-def encoder_card(encoder: encoders.Encoder, missing_bands: dict[str, list[str]]) -> dict[str, Any]:
+def encoder_card(
+    encoder: encoders.Encoder,
+    missing_bands: dict[str, list[str]],
+    stand_in_bands: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Any]:
     """What was evaluated: reference, family, variant, checkpoint step, input recipe, the
-    definition of its features and `missing_bands` ({data key: bands zero-filled}, see
-    `Encoder.zero_filled_bands`)."""
+    definition of its features, `missing_bands` ({data key: bands zero-filled}, see
+    `Encoder.zero_filled_bands`) and `stand_in_bands` ({data key: {pretraining band: data band
+    matched by wavelength}}, see `Encoder.stand_in_bands`)."""
     return {
+        "stand_in_bands": stand_in_bands or {},
         "ref": encoder.ref,
         "model": encoder.name,
         "variant": encoder.variant,
@@ -61,6 +68,14 @@ def _encoder_notes(card: Mapping[str, Any]) -> list[str]:
     notes = []
     if card["feature_definition"]:
         notes.append(f"\n**Features**: {card['feature_definition']}\n")
+    if card.get("stand_in_bands"):
+        listed = "; ".join(
+            f"{key}: " + ", ".join(f"{data} for {trained}" for trained, data in pairs.items())
+            for key, pairs in card["stand_in_bands"].items()
+        )
+        notes.append(
+            f"\n**Bands matched by wavelength** (data band for pretraining band): {listed}\n"
+        )
     if card["missing_bands"]:
         listed = "; ".join(f"{k}: {', '.join(b)}" for k, b in card["missing_bands"].items())
         notes.append(
@@ -89,8 +104,14 @@ def robustness_sweep(
 ) -> dict[str, Any] | None:
     """Evaluates every cell of the grid; the `robustness.summarize` dict (None if no cell)."""
     cells: dict[str, dict[int, float]] = {}
-    for name, severity in corruption_grid(c):
+    grid = corruption_grid(c)
+    for done, (name, severity) in enumerate(grid, 1):
         cells.setdefault(name, {})[severity] = float(evaluate((name, severity)))
+        print(
+            f"robustness {done}/{len(grid)} | {name} severity {severity}:"
+            f" {cells[name][severity]:.4f}",
+            flush=True,
+        )
     if not cells:
         return None
     summary = robustness.summarize(clean, cells)
@@ -98,9 +119,47 @@ def robustness_sweep(
     return summary
 
 
-def _described(split: int | list[str]) -> str:
-    """A split as a count of examples or a list of scene ids."""
-    return ", ".join(split) if isinstance(split, list) else str(split)
+def below_baselines(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The baselines of `result["baselines"]` ({name: {"description", "metrics"}}) whose headline
+    metric (higher is better) is above the encoder's, each as {"baseline", "metric", "encoder",
+    "baseline_value"}."""
+    metric = result["headline_metric"]
+    ours = result["metrics"][metric]
+    return [
+        {"baseline": name, "metric": metric, "encoder": ours, "baseline_value": value}
+        for name, baseline in result.get("baselines", {}).items()
+        if (value := baseline["metrics"].get(metric)) is not None and value > ours
+    ]
+
+
+def _baselines_markdown(result: Mapping[str, Any]) -> list[str]:
+    """The "Baselines" section: the encoder and every baseline on the headline metric."""
+    metric = result["headline_metric"]
+    rows = [f"| model | {metric} | what it is |", "|---|---|---|"]
+    rows.append(f"| encoder | {result['metrics'][metric]:.3f} | {result['encoder']['ref']} |")
+    for name, baseline in result["baselines"].items():
+        value = baseline["metrics"].get(metric)
+        shown = "n/a" if value is None else f"{value:.3f}"
+        rows.append(f"| {name} | {shown} | {baseline['description']} |")
+    return ["\n## Baselines (same split)\n\n", "\n".join(rows) + "\n"]
+
+
+def _threshold_markdown(threshold: Mapping[str, Any], metric: str) -> list[str]:
+    """The F1-optimal threshold of the class-1 probability on the training pixels."""
+    return [
+        f"\n**Threshold**: the class-1 probability threshold with the best F1 on the training"
+        f" pixels is {threshold['value']:.3f} (train F1 {threshold['train_f1']:.3f}); at it the"
+        f" test F1 is {threshold['test_f1']:.3f} and {metric}"
+        f" {threshold['test_metrics'][metric]:.3f} (the table's scores use the argmax).\n"
+    ]
+
+
+def _warnings_markdown(below: list[dict[str, Any]]) -> list[str]:
+    if not below:
+        return []
+    listed = "; ".join(f"{b['baseline']} {b['baseline_value']:.3f}" for b in below)
+    metric, ours = below[0]["metric"], below[0]["encoder"]
+    return [f"\n**Below baseline**: the encoder's {metric} {ours:.3f} is under {listed}.\n"]
 
 
 def _markdown_table(row: Mapping[str, Any]) -> str:
@@ -127,8 +186,13 @@ def write(
     """Writes report.json, report.md and the plots; adds their names under result["plots"].
 
     Args:
-      result: needs task, encoder, data, metrics, headline_metric; optional confusion and
-        robustness (a `robustness.summarize` dict).
+      result: needs task, encoder, data (with "split", the split in words), metrics,
+        headline_metric; optional confusion, robustness (a `robustness.summarize` dict),
+        baselines ({name: {"description", "metrics"}} on the same split: listed, and any whose
+        headline beats the encoder's is flagged at the top and in result["below_baselines"]),
+        warnings (sentences shown at the top), threshold ({"value", "train_f1", "test_f1",
+        "test_metrics"} of a two-class dense task) and data["provenance"]
+        (`provenance.describe`).
       overlay: optional keyword arguments of `plots.overlays` (images, truth, pred, ...).
     """
     workdir = Path(workdir)
@@ -149,22 +213,31 @@ def write(
         )
     result["plots"] = {k: p.name for k, p in figures.items()}
     enc, data = result["encoder"], result["data"]
+    result["below_baselines"] = below_baselines(result)
     head = {
         "task": result["task"],
         "method": result.get("method", ""),
         "encoder": f"{enc['model']}:{enc['variant']}",
         "step": enc["checkpoint_step"],
-        "data": f"{data['source']} (train {_described(data['train'])}, test"
-        f" {_described(data['test'])})",
+        "data": data["source"],
         "normalisation": data["normalization"],
         "size": enc["image_size"],
     }
     head.update({k: v for k, v in result["metrics"].items() if isinstance(v, float | list)})
     md = [
         f"# {result['task']}: {head['encoder']} on {data['source']}\n",
+        *_warnings_markdown(result["below_baselines"]),
+        *[f"\n**Warning**: {warning}\n" for warning in result.get("warnings", [])],
         _markdown_table(head),
+        f"\n**Split**: {data['split']}\n",
         *_encoder_notes(enc),
     ]
+    if result.get("baselines"):
+        md += _baselines_markdown(result)
+    if result.get("threshold"):
+        md += _threshold_markdown(result["threshold"], metric)
+    if data.get("provenance"):
+        md += ["\n## Data\n\n", provenance.markdown(data["provenance"])]
     if result.get("robustness"):
         md += [
             "\n## Robustness (REOBench-style corruptions)\n",

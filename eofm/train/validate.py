@@ -86,6 +86,12 @@ def check_source_args(source: str, args, prefix: str = "") -> None:
         datasets.check_source_args(source, args)
     except ValueError as e:
         raise ConfigError(f"config key {prefix}data.source_args: {e}") from e
+    for key in ("root", "index"):
+        if key in args and args[key] == "":
+            raise ConfigError(
+                f"config key {prefix}data.source_args.{key} is empty: give the path of your data"
+                f" (--config.{prefix}data.source_args.{key}=PATH)"
+            )
 
 
 def _fail(prefix: str, key: str, value: Any, allowed: str, why: str = "") -> NoReturn:
