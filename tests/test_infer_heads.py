@@ -35,10 +35,10 @@ def floods_run(tmp_path_factory, finetune_config):
     maps = []
     evaluate = dense.Evaluator.evaluate
 
-    def keep_maps(self, scenes, corruption=None):
-        metrics, preds = evaluate(self, scenes, corruption)
+    def keep_maps(self, scenes, corruption=None, threshold=None):
+        metrics, preds, thresholded = evaluate(self, scenes, corruption, threshold)
         maps.append(preds)
-        return metrics, preds
+        return metrics, preds, thresholded
 
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(ROOT)

@@ -531,14 +531,10 @@ class Evaluator:
             self.batch_size,
         )
 
-    def predict(self, scene: Scene, images: dict[str, np.ndarray]) -> np.ndarray:
-        """Class map int[H, W]: the argmax of `logits`."""
-        return self.logits(scene, images).argmax(-1)
-
     def class1_probability(self, scene: Scene) -> np.ndarray:
-        """f32[H, W] softmax probability of class 1 of the clean scene (train or test)."""
+        """f32[H, W] softmax probability of class 1 of a clean training scene."""
         images = {k: self.norm(scene, k) for k in self.task.keys}
-        return np.asarray(jax.nn.softmax(self.logits(scene, images), axis=-1)[..., 1])
+        return _class1(self.logits(scene, images))
 
     def clean(self, scene: Scene) -> dict[str, np.ndarray]:
         if scene.id not in self._clean:
@@ -576,14 +572,23 @@ class Evaluator:
         images = {**self.clean(scene), key: self.norm(scene, key, np.asarray(out[0]), valid)}
         return images, np.asarray(moved["mask"][0]) if moves_mask else scene.mask
 
-    def evaluate(self, scenes: list[Scene], corruption=None) -> tuple[dict, list[np.ndarray]]:
-        """(the task's metrics over all scenes, predicted class maps); the clean evaluation
-        prints a line per scene."""
-        preds, masks = [], []
+    def evaluate(
+        self,
+        scenes: list[Scene],
+        corruption=None,
+        threshold: pixel_baselines.Threshold | None = None,
+    ) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:
+        """(the task's metrics over all scenes, predicted class maps: the argmax of the logits,
+        and, from the same logits, the maps of the class-1 probability `threshold` ([] without
+        one)); the clean evaluation prints a line per scene."""
+        preds, thresholded, masks = [], [], []
         for index, scene in enumerate(scenes):
             start = time.perf_counter()
             images, mask = self.inputs(scene, index, corruption)
-            preds.append(self.predict(scene, images))
+            logits = self.logits(scene, images)
+            preds.append(logits.argmax(-1))
+            if threshold is not None:
+                thresholded.append(threshold.apply(_class1(logits)))
             masks.append(mask)
             if corruption is None:
                 h, w = mask.shape
@@ -592,7 +597,12 @@ class Evaluator:
                     f" | {time.perf_counter() - start:.1f} s",
                     flush=True,
                 )
-        return self.task.score(preds, masks, self.num_classes), preds
+        return self.task.score(preds, masks, self.num_classes), preds, thresholded
+
+
+def _class1(logits: np.ndarray) -> np.ndarray:
+    """f32[H, W] softmax probability of class 1 of logits [H, W, 2]."""
+    return np.asarray(jax.nn.softmax(logits, axis=-1)[..., 1])
 
 
 def _train_specs(train: list[Scene], keys: tuple[str, ...]) -> dict[str, SensorSpec]:
@@ -681,7 +691,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
         batch_size=config.batch_size,
         seed=config.seed,
     )
-    clean, preds = evaluator.evaluate(test)
+    # Binary tasks: the F1-optimal threshold of the training scenes, applied to the test logits.
+    threshold = train_threshold(evaluator, train) if num_classes == 2 else None
+    clean, preds, thresholded = evaluator.evaluate(test, threshold=threshold)
     headline = task.headline
     result = {
         "task": config.task,
@@ -714,8 +726,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     }
     if "warning" in weighting:
         result["warnings"] = [f"class weights: {weighting['warning']}"]
-    if num_classes == 2:
-        result["threshold"] = f1_optimal_threshold(evaluator, train, test)
+    if threshold is not None:
+        result["threshold"] = threshold_report(threshold, evaluator.task, test, thresholded)
         at_threshold = result["threshold"]["test_metrics"][headline]
         result["metrics"][f"{headline}_at_train_threshold"] = at_threshold
     result["robustness"] = report.robustness_sweep(
@@ -740,29 +752,35 @@ def baselines(
     return pixel_baselines.segmentation_baselines(task, train, test, norm, class_names)
 
 
-def f1_optimal_threshold(
-    evaluator: Evaluator, train: list[Scene], test: list[Scene]
-) -> dict[str, Any]:
-    """The class-1 probability threshold maximising F1 on the training pixels, and the test
-    metrics (`task.score`, plus the class-1 "test_f1") of the maps thresholded there."""
+def train_threshold(evaluator: Evaluator, train: list[Scene]) -> pixel_baselines.Threshold:
+    """The class-1 probability threshold maximising F1 on the training pixels."""
     values, positive = [], []
     for scene in train:
         keep = pixel_baselines.training_pixels(scene)
         values.append(evaluator.class1_probability(scene)[keep])
         positive.append(scene.mask[keep] == 1)
-    threshold = pixel_baselines.best_threshold(
+    return pixel_baselines.best_threshold(
         np.concatenate(values), np.concatenate(positive), "f1", both_directions=False
     )
-    preds = [threshold.apply(evaluator.class1_probability(s)) for s in test]
+
+
+def threshold_report(
+    threshold: pixel_baselines.Threshold,
+    task: DenseTask,
+    test: list[Scene],
+    thresholded: list[np.ndarray],
+) -> dict[str, Any]:
+    """The threshold, its training F1 and the test metrics (`task.score`, plus the class-1
+    "test_f1") of the test maps `thresholded` at it."""
     masks = [s.mask for s in test]
     class1 = metrics.ChangeMetrics()
-    for pred, mask in zip(preds, masks):
+    for pred, mask in zip(thresholded, masks):
         class1.update(pred[None], (mask == 1)[None], (mask == 0)[None])
     return {
         "value": threshold.value,
         "train_f1": threshold.train_score,
         "test_f1": class1.result()["f1"],
-        "test_metrics": evaluator.task.score(preds, masks, evaluator.num_classes),
+        "test_metrics": task.score(thresholded, masks, 2),
     }
 
 
