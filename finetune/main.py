@@ -13,7 +13,8 @@ retraining.
 The task, the workdir and the `fit` block of runs that train a head (segmentation, change
 detection, classification with method=finetune) are checked before any compute: a value that
 cannot work is a one-line error naming the key. Logs are quiet by default; --verbosity=0 (or -v 0)
-shows the INFO logs of orbax, grain and jax as well.
+shows the INFO logs of orbax, grain and jax as well. Compiled programs go to JAX's persistent
+compilation cache, as for pretrain/main.py (EOFM_COMPILATION_CACHE=off turns it off).
 """
 
 import json
@@ -22,7 +23,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from eofm import logs
+from eofm import compilation_cache, logs
 from eofm.eval import classification, dense
 from eofm.eval import fit as fit_lib
 from eofm.train import validate, workdir_lock
@@ -62,6 +63,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.configure_from_flags()
+    compilation_cache.enable()
     config = _CONFIG.value
     try:
         check(config, _WORKDIR.value)

@@ -17,6 +17,10 @@ none). A process that does not see all N join within --distributed_timeout_s exi
 
 Logs are quiet by default (progress lines, eofm's messages, warnings); --verbosity=0 (or -v 0)
 shows the INFO logs of orbax, grain and jax as well.
+
+Compiled programs go to JAX's persistent compilation cache (~/.cache/eofm/jax;
+EOFM_COMPILATION_CACHE=DIR moves it, EOFM_COMPILATION_CACHE=off turns it off): a resumed run or
+another run of the same model loads its train step instead of compiling it again.
 """
 
 import sys
@@ -26,7 +30,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from eofm import logs, parallel
+from eofm import compilation_cache, logs, parallel
 from eofm.train import checkpoint, loop, pretrain, validate, workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -77,6 +81,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.configure_from_flags()
+    compilation_cache.enable()
     try:
         parallel.initialize_distributed(
             _COORDINATOR.value,

@@ -1,24 +1,36 @@
-r"""Train-step speed and MFU of MAE, and ViT encoder speed in JAX against timm, as two tables.
+r"""Train-step speed, compile time, memory and loader headroom of every model family, and the ViT
+encoder against timm, as markdown tables.
 
-  python scripts/bench_train.py [--variants=tiny,base --batch_size=8 --steps=3 --warmup_steps=1]
+  python scripts/bench_train.py [--families=mae,smarties,croma,spectralgpt,satvision,roma]
+      [--variants=tiny] [--scan=off,on] [--dtypes=float32,bfloat16] [--backend=cpu]
+      [--batch_size=N] [--steps=N] [--loader_batches=20] [--encoder_table]
 
-MAE: the jitted train step of `pretrain/main.py` (`loop.setup` + `loop.compile_step`, AdamW,
-norm-pix MAE loss) for the variants of configs/pretrain/mae.py, fed one synthetic float32 batch of
-the configured image size and input bands (14: the BigEarthNet S2 + S1 stack); no data is read.
-Each variant runs twice: waiting for every step's loss on the host (a per-step NaN guard) and
-checking it one step behind, as `loop.train` does; the table gives both mean step times over
-`--steps` consecutive steps and their ratio. Encoder: forward + backward of mean(encoder(images))
-for the plain ViT of the MAE variants (192 wide x 6 blocks, ViT-B/16, ViT-L/16) on
-224 x 224 x 3 images, in JAX and in PyTorch eager with timm's `VisionTransformer` of the same
-shape (CLS token, token pooling, no head, no dropout) on all CPU threads; JAX and torch steps
-alternate, medians over `--steps` timed steps.
+  # the base configs, as in the README (minutes per row on 2 CPU cores):
+  python scripts/bench_train.py --variants=base --scan=off,on --dtypes=float32 --batch_size=4
 
-Timed steps follow `--warmup_steps` untimed ones (the first compiles); they move with other load on
-the machine, whose average the first line reports. FLOPs
-are the models' matmul counts (`flops_per_example`, 3 x `vit_forward_flops`); MFU divides their
-rate by the measured throughput of a large float32 matmul (`measure_peak_flops`).
+Step table, one row per family x variant x block scan x compute dtype: the jitted train step of
+`pretrain/main.py` (`pretrain.workload`, `loop.setup`, `loop.compile_step`: the family's objective,
+its backward and AdamW) on one batch of the real training pipeline (the configured source,
+prepared once into a temporary directory), repeated.
+  compile cold    trace, lower and compile with nothing in the persistent compilation cache;
+  compile cached  the same after `jax.clear_caches()`, loaded from that cache: what a resumed run,
+                  a second evaluation or the next sweep point pays;
+  args, temps     the compiled step's argument and temporary buffers (`memory_analysis`);
+  step ms         mean of --steps consecutive steps after one untimed one, dispatched as
+                  `loop.train` does (each step's loss checked once the next one is dispatched);
+  MFU             model FLOPs (`flops_per_example`, 3 x forward matmuls) per second over the
+                  measured throughput of a large matmul in the row's compute dtype.
+Rows whose family has no `model.scan_blocks` (or `model.dtype`) are skipped with a note.
 
-The encoder table needs torch and timm and is skipped without them:
+Loader table, one row per family x variant: batches/s of that training pipeline alone
+(`pipeline.make_iterator` with the worker processes `data.num_workers=-1` gives this machine)
+against the demand of the fastest step measured for it; the loader should stay 3x ahead.
+
+Encoder table (--encoder_table, needs torch and timm): forward + backward of
+mean(encoder(images)) for the plain ViT of the MAE variants (192 wide x 6 blocks, ViT-B/16,
+ViT-L/16) on 224 x 224 x 3 images, in JAX and in PyTorch eager with timm's `VisionTransformer` of
+the same shape (CLS token, token pooling, no head, no dropout) on all CPU threads; JAX and torch
+steps alternate, medians over --steps timed steps. Install them with
 
   pip install -e '.[bench]' && pip install --no-deps torchvision==0.16.2
 
@@ -26,13 +38,19 @@ timm imports torchvision. The Linux torchvision wheels on PyPI link against the 
 torch, so beside the CPU torch 2.13.0 their C++ ops do not load, and torchvision >= 0.17 then fails
 at import ("operator torchvision::nms does not exist"); 0.16.2 only warns, and the ViT uses none
 of its ops. `--no-deps` keeps torch 2.13.0 (`pip check` reports torchvision's torch==2.1.2 pin).
-A torchvision built for the installed CPU torch works as well.
+
+Timings move with other load on the machine; the first line gives its load average.
+`--backend=gpu` (or tpu) records the same tables on an accelerator.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.util
+import json
 import os
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -45,28 +63,33 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from eofm import parallel
-from eofm.data import datasets, inputs
-from eofm.models import family
+from eofm import compilation_cache, parallel
+from eofm.data import pipeline
 from eofm.models import mae as mae_lib
 from eofm.models import vit as vit_lib
-from eofm.train import loop
+from eofm.train import loop, pretrain
 from eofm.train import metrics as metrics_lib
 
-_CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "mae.py"
+_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
+_FAMILIES = ("mae", "smarties", "croma", "spectralgpt", "satvision", "roma")
 _INSTALL = "pip install -e '.[bench]' && pip install --no-deps torchvision==0.16.2"
 # variant: (batch size, timed steps) when --batch_size / --steps are not given.
-_DEFAULTS = {"tiny": (32, 10), "base": (8, 3)}
+_DEFAULTS = {"tiny": (32, 10), "base": (4, 3)}
 _VIT_NAMES = {"tiny": "ViT-192x6", "base": "ViT-B", "large": "ViT-L"}
 _ENCODER_IMAGE_SIZE = 224
 _ENCODER_CHANNELS = 3
+_MIB = 2**20
 
-_VARIANTS = flags.DEFINE_list("variants", ["tiny", "base"], "MAE config and ViT variants.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "MAE batch; default 32 (tiny), 8 (others).")
+_FAMILIES_FLAG = flags.DEFINE_list("families", list(_FAMILIES), "Pretraining configs to time.")
+_VARIANTS = flags.DEFINE_list("variants", ["tiny"], "Config variants (tiny, base, ...).")
+_SCAN = flags.DEFINE_list("scan", ["off", "on"], "Block scan settings: off, on.")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes (model.dtype).")
+_BACKEND = flags.DEFINE_string("backend", None, "JAX platform (cpu, gpu, tpu); default: JAX's.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Batch; default 32 (tiny), 4 (others).")
 _STEPS = flags.DEFINE_integer("steps", None, "Timed steps per row; default 10 (tiny), 3 (others).")
-_WARMUP = flags.DEFINE_integer("warmup_steps", 1, "Untimed steps before timing (the 1st compiles).")
+_LOADER_BATCHES = flags.DEFINE_integer("loader_batches", 20, "Batches timed per loader row.")
+_ENCODER = flags.DEFINE_bool("encoder_table", False, "Also time the ViT encoder against timm.")
 _ENCODER_BATCH = flags.DEFINE_integer("encoder_batch_size", 8, "Batch size of the encoder rows.")
-_CONFIG = flags.DEFINE_string("config_file", str(_CONFIG_FILE), "MAE config: get_config(variant).")
 
 
 def _defaults(variant: str) -> tuple[int, int]:
@@ -74,89 +97,140 @@ def _defaults(variant: str) -> tuple[int, int]:
     return _BATCH_SIZE.value or batch_size, _STEPS.value or steps
 
 
-def _median_seconds(run_steps: list[Callable[[int], Any]], steps: int) -> list[float]:
-    """Median wall time of each run_step(i) over `steps` calls after `--warmup_steps` untimed ones.
+def _config(family: str, variant: str):
+    spec = importlib.util.spec_from_file_location(f"{family}_config", _CONFIGS / f"{family}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
 
-    The functions take turns step by step, so that they see the same background load.
+
+def _prepared_dir(config, root: Path) -> str:
+    """One ArrayRecord directory per source and its arguments, shared by the rows."""
+    args = json.dumps(config.data.source_args.to_dict(), sort_keys=True)
+    digest = hashlib.sha256(f"{config.data.source}:{args}".encode()).hexdigest()[:12]
+    return str(root / f"{config.data.source}-{digest}")
+
+
+@dataclasses.dataclass
+class _Row:
+    family: str
+    variant: str
+    scan: str
+    dtype: str
+    batch_size: int
+    steps: int
+    compile_cold_s: float
+    compile_cached_s: float
+    args_mib: float
+    temps_mib: float
+    step_s: float
+    flops_per_step: float
+
+
+def _workload(family: str, variant: str, scratch: Path, **model):
+    """(config, workload) of `family`:`variant` with `model` overrides, data prepared in
+    `scratch`; None when the family's model config lacks one of the override keys."""
+    config = _config(family, variant)
+    if any(key not in config.model for key in model):
+        return None
+    config.model.update(model)
+    config.batch_size = _defaults(variant)[0]
+    config.data.prepared_dir = _prepared_dir(config, scratch / "data")
+    config.data.num_workers = 0
+    return config, pretrain.workload(config, scratch / "workdir")
+
+
+def _first_batch(workload) -> dict[str, np.ndarray]:
+    iterator = pipeline.make_iterator(workload.make_dataset(0, 1), num_workers=0)
+    try:
+        return next(iterator)
+    finally:
+        iterator.close()
+
+
+def _step_row(family: str, variant: str, scan: str, dtype: str, scratch: Path) -> _Row | None:
+    built = _workload(family, variant, scratch, scan_blocks=scan == "on", dtype=dtype)
+    if built is None:
+        return None
+    config, workload = built
+    batch_size, steps = _defaults(variant)
+    mesh = loop.make_mesh(config)
+    plan = loop.setup(config, workload, mesh)
+    state = jax.jit(plan.init, out_shardings=plan.state_shardings)()
+    train_step = loop.compile_step(config, workload, plan)
+    host_batch = _first_batch(workload)
+    sharding = parallel.batch_sharding(mesh)
+    batch = {
+        k: jax.make_array_from_process_local_data(sharding, host_batch[k])
+        for k in workload.input_keys
+        if k in host_batch
+    }
+    base_key = jax.random.key(config.seed)
+    with jax.set_mesh(mesh):
+        start = time.perf_counter()
+        train_step.lower(state, batch, base_key).compile()
+        cold = time.perf_counter() - start
+        jax.clear_caches()
+        start = time.perf_counter()
+        compiled = train_step.lower(state, batch, base_key).compile()
+        cached = time.perf_counter() - start
+        memory = compiled.memory_analysis()
+        previous = None
+        for i in range(steps + 1):
+            if i == 1:
+                jax.block_until_ready(state)
+                start = time.perf_counter()
+            state, step_metrics = compiled(state, batch, jax.random.fold_in(base_key, i))
+            if previous is not None:
+                float(previous["loss"])
+            previous = step_metrics
+        jax.block_until_ready(state)
+        step_s = (time.perf_counter() - start) / steps
+    return _Row(
+        family,
+        variant,
+        scan,
+        dtype,
+        batch_size,
+        steps,
+        cold,
+        cached,
+        memory.argument_size_in_bytes / _MIB,
+        memory.temp_size_in_bytes / _MIB,
+        step_s,
+        workload.flops_per_example * batch_size,
+    )
+
+
+def _loader_batches_per_s(family: str, variant: str, scratch: Path) -> tuple[int, float]:
+    """(worker processes, batches/s) of the family's training pipeline on this machine."""
+    _, workload = _workload(family, variant, scratch)
+    workers = pipeline.auto_num_workers()
+    iterator = pipeline.make_iterator(workload.make_dataset(0, 1), num_workers=workers)
+    try:
+        for _ in range(2):  # worker start-up and the first reads
+            next(iterator)
+        start = time.perf_counter()
+        for _ in range(_LOADER_BATCHES.value):
+            next(iterator)
+        return workers, _LOADER_BATCHES.value / (time.perf_counter() - start)
+    finally:
+        iterator.close()
+
+
+def _median_seconds(run_steps: list[Callable[[int], Any]], steps: int) -> list[float]:
+    """Median wall time of each run_step(i) over `steps` calls after one untimed one (which
+    compiles). The functions take turns step by step, so that they see the same background load.
     """
-    for i in range(_WARMUP.value):
-        for run_step in run_steps:
-            run_step(i)
+    for run_step in run_steps:
+        run_step(0)
     times = [[] for _ in run_steps]
-    for i in range(_WARMUP.value, _WARMUP.value + steps):
+    for i in range(1, 1 + steps):
         for run_step, seconds in zip(run_steps, times):
             start = time.perf_counter()
             run_step(i)
             seconds.append(time.perf_counter() - start)
     return [float(np.median(t)) for t in times]
-
-
-def _load_config_module(path: str):
-    spec = importlib.util.spec_from_file_location("mae_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _no_dataset(process_index: int, process_count: int):
-    del process_index, process_count
-    raise NotImplementedError("the benchmark feeds a synthetic batch")
-
-
-def _mae_train_step(config, sync_every_step: bool) -> tuple[Callable[[int], None], Callable, float]:
-    """The loop's jitted step (`loop.setup` + `loop.compile_step`) on a synthetic batch of the
-    config's input bands -> (run_step(i), finish(), FLOPs per example).
-
-    run_step dispatches one step; with `sync_every_step` it waits for that step's loss, as a NaN
-    guard reading every loss would; otherwise it checks the previous step's loss, as `loop.train`
-    does. finish() waits for the last step.
-    """
-    source = datasets.make_source(config.data.source, **config.data.source_args)
-    specs = inputs.input_specs(config.data, source.specs)
-    size = config.data.image_size
-    make_model = family.model_builder(config, specs)
-    workload = loop.Workload(
-        name=config.model_name,
-        variant=config.variant,
-        make_model=make_model,
-        loss_fn=lambda model, batch, rng: model.loss(batch, rng),
-        make_dataset=_no_dataset,
-        input_keys=tuple(specs),
-    )
-    mesh = loop.make_mesh(config)
-    plan = loop.setup(config, workload, mesh)
-    state = jax.jit(plan.init, out_shardings=plan.state_shardings)()
-    train_step = loop.compile_step(config, workload, plan)
-    batch_sharding = parallel.batch_sharding(mesh)
-    rng = jax.random.key(0)
-    batch = {
-        k: jax.device_put(
-            jax.random.normal(
-                jax.random.fold_in(rng, i), (config.batch_size, size, size, len(spec.bands))
-            ),
-            batch_sharding,
-        )
-        for i, (k, spec) in enumerate(specs.items())
-    }
-    base_key = jax.random.key(config.seed)
-    previous = None
-
-    def run_step(i: int) -> None:
-        nonlocal state, previous
-        with jax.set_mesh(mesh):  # As in `loop.train`.
-            state, step_metrics = train_step(state, batch, jax.random.fold_in(base_key, i))
-        if sync_every_step:
-            float(step_metrics["loss"])
-        elif previous is not None:
-            float(previous["loss"])
-        previous = step_metrics
-
-    def finish() -> None:
-        jax.block_until_ready(state)
-
-    with nnx.use_eager_sharding(False):
-        flops = nnx.eval_shape(lambda: make_model(nnx.Rngs(0))).flops_per_example(size)
-    return run_step, finish, flops
 
 
 def _jax_encoder_step(cfg: vit_lib.ViTConfig, batch_size: int) -> Callable[[int], None]:
@@ -235,62 +309,82 @@ def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         print(line(row))
 
 
-def _mean_seconds(run_step: Callable[[int], None], finish: Callable, steps: int) -> float:
-    """Mean wall time per step of `steps` consecutive steps after `--warmup_steps` untimed ones
-    (steps are dispatched back to back, so the host may run ahead of the device)."""
-    for i in range(_WARMUP.value):
-        run_step(i)
-    finish()
-    start = time.perf_counter()
-    for i in range(_WARMUP.value, _WARMUP.value + steps):
-        run_step(i)
-    finish()
-    return (time.perf_counter() - start) / steps
-
-
-def _mae_table(peak: float) -> None:
-    configs = _load_config_module(_CONFIG.value)
-    rows = []
-    for variant in _VARIANTS.value:
-        batch_size, steps = _defaults(variant)
-        config = configs.get_config(variant)
-        config.batch_size = batch_size
-        timings = {}
-        for sync in (True, False):
-            run_step, finish, flops_per_example = _mae_train_step(config, sync)
-            timings[sync] = _mean_seconds(run_step, finish, steps)
-        seconds = timings[False]
-        flops = flops_per_example * batch_size / seconds
-        size = config.data.image_size
-        rows.append(
-            [
-                variant,
-                f"{size}x{size}",
-                str(batch_size),
-                str(steps),
-                f"{timings[True] * 1e3:.1f}",
-                f"{seconds * 1e3:.1f}",
-                f"{timings[True] / seconds:.3f}",
-                f"{batch_size / seconds:.1f}",
-                f"{flops / 1e9:.1f}",
-                f"{flops / peak:.1%}",
-            ]
-        )
+def _step_table(peaks: dict[str, float], scratch: Path) -> list[_Row]:
+    rows, skipped = [], []
+    for family in _FAMILIES_FLAG.value:
+        for variant in _VARIANTS.value:
+            for scan in _SCAN.value:
+                for dtype in _DTYPES.value:
+                    row = _step_row(family, variant, scan, dtype, scratch)
+                    if row is None:
+                        skipped.append(f"{family}:{variant} scan={scan} {dtype}")
+                    else:
+                        rows.append(row)
+                        print(
+                            f"  {family}:{variant} scan={scan} {dtype}: {row.step_s * 1e3:.1f} ms"
+                        )
     _print_table(
-        "MAE train step (loop.setup + loop.compile_step, synthetic float32 input): with a sync on"
-        " every step's loss vs the loop's check one step behind",
+        f"Train step (objective, backward, AdamW) on one batch of the training pipeline,"
+        f" {jax.devices()[0].device_kind}",
         [
             "config",
-            "input",
+            "scan",
+            "dtype",
             "batch",
-            "steps",
-            "synced ms",
-            "loop ms",
-            "synced/loop",
+            "compile cold s",
+            "compile cached s",
+            "args MiB",
+            "temps MiB",
+            "step ms",
             "images/s",
-            "GFLOP/s",
             "MFU",
         ],
+        [
+            [
+                f"{r.family}:{r.variant}",
+                r.scan,
+                r.dtype,
+                str(r.batch_size),
+                f"{r.compile_cold_s:.1f}",
+                f"{r.compile_cached_s:.2f}",
+                f"{r.args_mib:.0f}",
+                f"{r.temps_mib:.0f}",
+                f"{r.step_s * 1e3:.1f}",
+                f"{r.batch_size / r.step_s:.1f}",
+                f"{r.flops_per_step / r.step_s / peaks[r.dtype]:.1%}",
+            ]
+            for r in rows
+        ],
+    )
+    for name in skipped:
+        print(f"skipped {name}: the family's model config has no such setting")
+    return rows
+
+
+def _loader_table(step_rows: list[_Row], scratch: Path) -> None:
+    rows = []
+    for family in _FAMILIES_FLAG.value:
+        for variant in _VARIANTS.value:
+            fastest = min(
+                (r.step_s for r in step_rows if (r.family, r.variant) == (family, variant)),
+                default=None,
+            )
+            if fastest is None:
+                continue
+            workers, rate = _loader_batches_per_s(family, variant, scratch)
+            rows.append(
+                [
+                    f"{family}:{variant}",
+                    str(_defaults(variant)[0]),
+                    str(workers),
+                    f"{rate:.1f}",
+                    f"{1 / fastest:.1f}",
+                    f"{rate * fastest:.1f}x",
+                ]
+            )
+    _print_table(
+        "Loader (the training pipeline alone) against the fastest step of each config",
+        ["config", "batch", "workers", "loader batches/s", "steps/s", "headroom"],
         rows,
     )
 
@@ -357,14 +451,24 @@ def _encoder_table(peak: float) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    peak = metrics_lib.measure_peak_flops()
-    print(
-        f"measured peak: {peak / 1e9:.1f} GFLOP/s (2048^3 float32 matmul, jax {jax.__version__},"
-        f" {jax.devices()[0].device_kind}, cpus={os.cpu_count()})  warm-up steps={_WARMUP.value}"
-        f"  load average before the run: {os.getloadavg()[0]:.1f}"
-    )
-    _mae_table(peak)
-    _encoder_table(peak)
+    if _BACKEND.value:
+        jax.config.update("jax_platforms", _BACKEND.value)
+    with tempfile.TemporaryDirectory(prefix="eofm_bench_") as scratch:
+        scratch = Path(scratch)
+        compilation_cache.enable(scratch / "compilation_cache")
+        peaks = {
+            dtype: metrics_lib.measure_peak_flops(dtype=jnp.dtype(dtype))
+            for dtype in {*_DTYPES.value, "float32"}
+        }
+        print(
+            f"measured peak: {', '.join(f'{d} {p / 1e9:.1f}' for d, p in peaks.items())} GFLOP/s"
+            f" (2048^3 matmul, jax {jax.__version__}, {jax.devices()[0].device_kind},"
+            f" cpus={os.cpu_count()})  load average before the run: {os.getloadavg()[0]:.1f}"
+        )
+        step_rows = _step_table(peaks, scratch)
+        _loader_table(step_rows, scratch)
+    if _ENCODER.value:
+        _encoder_table(peaks["float32"])
 
 
 if __name__ == "__main__":

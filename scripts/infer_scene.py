@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import jax
 
-from eofm import parallel
+from eofm import compilation_cache, parallel
 from eofm.infer import embed, maps
 
 
@@ -142,6 +142,7 @@ def run_map(args: argparse.Namespace) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     check_args(args)
+    compilation_cache.enable()
     parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     try:
         summary = run_embeddings(args) if args.head is None else run_map(args)

@@ -11,16 +11,19 @@ same command again skips finished points and resumes unfinished ones (from their
 checkpoint); with --launcher=slurm it also skips points whose job is queued or running. The local
 launcher runs the points and then writes ROOT/summary.{csv,md,png}; the slurm launcher submits one
 job array and returns (--wait waits for it and summarises); --summary only rewrites the summary
-of what has finished.
+of what has finished. The points share one JAX compilation cache (eofm/compilation_cache.py;
+EOFM_COMPILATION_CACHE=off turns it off).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from eofm import compilation_cache
 from eofm.sweeps import launchers, spec, summary
 
 
@@ -58,6 +61,9 @@ def slurm_parameters(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(argv)
+    # The points' runs (local subprocesses, or SLURM tasks, which inherit this environment) share
+    # one compilation cache: a point compiles only what no point before it has compiled.
+    os.environ[compilation_cache.ENV] = compilation_cache.enable() or "off"
     program = None if args.program is None else str(spec.PROGRAMS[args.program])
     try:
         sweep = spec.load_sweep(args.config, overrides, program)

@@ -29,7 +29,8 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def pretrain_config():
-    """Loader of `configs/pretrain/<name>.py` variants: pretrain_config("croma", "tiny")."""
+    """Loader of `configs/pretrain/<name>.py` variants: pretrain_config("croma", "tiny"), decoding
+    in-process (`data.num_workers` 0)."""
     import importlib.util
 
     def load(name: str, arg: str):
@@ -37,7 +38,9 @@ def pretrain_config():
         spec = importlib.util.spec_from_file_location(f"pretrain_config_{name}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        return module.get_config(arg)
+        config = module.get_config(arg)
+        config.data.num_workers = 0  # decode in-process: worker start-up outweighs a few steps
+        return config
 
     return load
 

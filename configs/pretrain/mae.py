@@ -11,6 +11,10 @@ z-scored, stacked into 14 channels).
 `get_sweep()` crosses two learning rates with two mask ratios:
 `python scripts/sweep.py --config=configs/pretrain/mae.py:tiny --workdir=sweeps/mae_tiny`.
 
+Memory and compile time of the larger variants: `--config.model.dtype=bfloat16` (float32
+master weights; norms, softmax and the loss stay float32), `--config.model.remat=full` (or
+dots) and `--config.model.scan_blocks=True` (each block stack one scanned block).
+
 Expected (tiny, 2 CPU cores, batch 32): about 0.4 s per step (300 steps in about 2.5 minutes,
 MFU about 0.4 of the measured matmul peak); the loss (norm-pix MSE on masked patches) starts near
 1.07 and falls below 1.0 within 40 steps.

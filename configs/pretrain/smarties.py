@@ -12,6 +12,10 @@ shared by both (`--config.model.official_mixup_bug=True` reproduces the official
 Optimiser as published: AdamW (0.9, 0.95), wd 0.05, lr 1.5e-4 x batch / 256 (x4 here for short
 runs), warmup then cosine.
 
+Memory and compile time of the larger variants: `--config.model.dtype=bfloat16` (float32
+master weights; norms, softmax and the loss stay float32), `--config.model.remat=full` (or
+dots) and `--config.model.scan_blocks=True` (each block stack one scanned block).
+
 Expected (tiny, 2 CPU cores, batch 32): about 0.55 s per step (300 steps in about 3 minutes); the
 loss starts near 1.67, is about 1.45 after 20 steps and about 1.1 after 100.
 """

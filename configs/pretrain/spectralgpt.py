@@ -15,6 +15,10 @@ per-band min-max, random resized crops (scale 0.2-1) and flips; EuroSAT-MS via
 Loss = L1 (masked cubes) + L2 (group sums at every location). Optimiser as published: AdamW (0.9,
 0.95), wd 0.05, blr 2e-4 (stage 1) / 1e-4 (stage 2) x batch / 256, warmup then cosine.
 
+Memory and compile time of the larger variants: `--config.model.dtype=bfloat16` (float32
+master weights; norms, softmax and the loss stay float32), `--config.model.remat=full` (or
+dots) and `--config.model.scan_blocks=True` (each block stack one scanned block).
+
 Expected (tiny, 2 CPU cores, batch 32): about 2.9 s per step (300 steps in about 15 minutes; the
 decoder runs on all 576 cubes); the loss starts near 15 (the group sums of untrained predictions)
 and falls below 5 within 20 steps.

@@ -10,11 +10,18 @@ the examples, so a multi-host run sees every example once per epoch.
     batch = next(it)          # {"s2": f32[32, H, W, C], "s2_valid": bool[...], "label": ...}
     state = it.get_state()    # save with the checkpoint; it.set_state(state) resumes
     it.close()                # stops the worker processes and frees their shared memory
+
+With `to_device` a background thread applies it to each batch (e.g. puts it on the accelerators)
+and keeps `device_prefetch` batches ready while the caller works on the previous one; the state is
+still that after the last batch the caller took.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grain
@@ -64,8 +71,32 @@ def make_dataset(
     return ds.batch(batch_size, drop_remainder=drop_remainder)
 
 
+# `num_workers` that sizes the worker processes to the machine (`auto_num_workers`).
+AUTO_WORKERS = -1
+
+
+def auto_num_workers(processes_on_host: int = 1) -> int:
+    """Worker processes for `num_workers = AUTO_WORKERS`: one per CPU this process may use, less
+    one kept for the process itself (step dispatch, device transfers, checkpoints), at most 16
+    (each holds `prefetch` batches of shared memory).
+
+    The CPUs are those of `os.sched_getaffinity`; when they are all of the machine's CPUs (no
+    launcher pinned this process to its own), the `processes_on_host` training processes of this
+    host share them. 1 CPU -> 0 (decode in-process), 2 -> 1, 8 -> 7, 8 shared by 2 -> 3.
+    """
+    cpus = len(os.sched_getaffinity(0))
+    if cpus >= (os.cpu_count() or cpus):
+        cpus //= max(1, processes_on_host)
+    return min(16, max(0, cpus - 1))
+
+
 def make_iterator(
-    ds: grain.MapDataset, *, num_workers: int = 0, prefetch: int = 2
+    ds: grain.MapDataset,
+    *,
+    num_workers: int = 0,
+    prefetch: int = 2,
+    to_device: Callable[[Any], Any] | None = None,
+    device_prefetch: int = 2,
 ) -> grain.DatasetIterator:
     """An iterator with checkpointable state; `num_workers > 0` decodes in worker processes.
 
@@ -73,6 +104,13 @@ def make_iterator(
     `_in_own_memory`). Close the iterator when done (`it.close()`): that stops the workers and
     frees the batches they prepared ahead. An iterator still referenced while the interpreter
     shuts down is closed by grain's finaliser, which fails then and leaks that shared memory.
+
+    `to_device(batch)` (e.g. host arrays -> global `jax.Array`s) runs in a background thread that
+    keeps up to `device_prefetch` results waiting in a queue, plus one more it holds until there is
+    room (0: no thread, each batch converted by `next`). The thread records the iterator state
+    with each batch, so `get_state` is the state after the last batch `next` returned, however
+    many were prepared ahead. An error of the pipeline is raised by the `next` that would have
+    returned that batch; `close` stops the thread.
     """
     it_ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=0 if num_workers else 2, prefetch_buffer_size=prefetch)
@@ -83,9 +121,33 @@ def make_iterator(
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch)
+            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch),
+            worker_init_fn=_exit_with_parent,
         ).map(_in_own_memory)
+    if to_device is not None:
+        it_ds = it_ds.map(to_device)
+        if device_prefetch:
+            it_ds = grain.experimental.ThreadPrefetchIterDataset(
+                it_ds, prefetch_buffer_size=device_prefetch
+            )
     return iter(it_ds)
+
+
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """Runs in each worker process: ends it once the process that started it is gone.
+
+    A training process killed outright (SIGKILL, the OOM killer) cannot stop its workers, which
+    would otherwise wait forever to hand over their next batch, holding its stdout and stderr.
+    """
+    del worker_index, worker_count
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def _in_own_memory(element: Any) -> Any:

@@ -53,6 +53,10 @@ class CromaConfig:
     `official_joint_bias`: in pretraining, the joint encoder's radar self-attention takes the
     cross-attention bias (kept radar x kept optical positions), as the official script does;
     default False: the radar x radar bias of its own tokens (see the module docstring).
+    `remat`: rematerialisation of each block of every stack (optical, radar, joint, decoder), a
+    `layers.REMAT_POLICIES` name. `scan_blocks`: run each stack of two or more blocks as a scan
+    over single blocks (`layers.run_stack`); same parameters and results, compile time
+    independent of depth.
     """
 
     embed_dim: int
@@ -70,8 +74,13 @@ class CromaConfig:
     contrastive_weight: float = 1.0
     mae_weight: float = 1.0
     official_joint_bias: bool = False
+    remat: str = "none"
+    scan_blocks: bool = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+
+    def __post_init__(self):
+        layers.check_remat(self.remat)
 
     @property
     def half_depth(self) -> int:
@@ -121,6 +130,7 @@ class _Encoder(nnx.Module):
     def __init__(self, cfg: CromaConfig, in_chans: int, depth: int, *, rngs: nnx.Rngs):
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
         self.patch_size, self.num_heads = cfg.patch_size, cfg.num_heads
+        self.remat, self.scan_unit = cfg.remat, int(cfg.scan_blocks)
         self.embed = layers.linear(
             in_chans * cfg.patch_size**2, cfg.embed_dim, ("patch", "embed"), **kw
         )
@@ -147,8 +157,9 @@ class _Encoder(nnx.Module):
     def __call__(self, images: jax.Array, keep: jax.Array | None = None) -> jax.Array:
         """images [B, H, W, C] -> [B, L or K, D]; `keep` int [B, K] selects visible patches."""
         x, bias, _ = self._embed(images, keep)
-        for block in self.blocks:
-            x = block(x, bias)
+        x = layers.run_stack(
+            self.blocks, x, shared_args=(bias,), remat=self.remat, scan_unit=self.scan_unit
+        )
         return self.norm(x)
 
     def tapped_grids(self, images: jax.Array, taps: Sequence[int]) -> list[jax.Array]:
@@ -262,9 +273,13 @@ class Croma(nnx.Module):
             self_bias = cross_bias
         else:
             self_bias = layers.alibi_2d_bias(grid_hw, h, radar_keep, radar_keep)
-        x = radar
-        for layer in self.joint:
-            x = layer(x, optical, self_bias, cross_bias)
+        x = layers.run_stack(
+            self.joint,
+            radar,
+            shared_args=(optical, self_bias, cross_bias),
+            remat=self.cfg.remat,
+            scan_unit=int(self.cfg.scan_blocks),
+        )
         return self.joint_norm(x)
 
     def encode(
@@ -374,7 +389,7 @@ class Croma(nnx.Module):
             self.decoder_embed(joint), self.mask_token[...], radar_restore
         )
         x = x + jnp.asarray(layers.posemb_sincos_2d(*grid, x.shape[-1]), x.dtype)
-        x = self.decoder_norm(self.decoder_block(x))
+        x = self.decoder_norm(layers.run_stack([self.decoder_block], x, remat=self.cfg.remat))
         return self.decoder_pred(x).astype(jnp.float32)
 
 

@@ -26,6 +26,7 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from eofm import parallel
+from eofm.models import attention
 
 LOGICAL_AXES = ("embed", "mlp", "heads", "patch")
 Axis = str | None
@@ -145,7 +146,8 @@ class Attention(nnx.Module):
 
     q, k and v come from one fused kernel [D, 3, D] (logical names "embed", None, "heads"), so
     that sharding "heads" splits q, k and v alike. Logits are scaled by 1/sqrt(D/H) and the
-    softmax runs in float32.
+    softmax runs in float32. `attention_impl` is one of `attention.IMPLEMENTATIONS` (default
+    "auto": chosen per backend and sequence length); it adds no parameters.
     """
 
     def __init__(
@@ -154,13 +156,16 @@ class Attention(nnx.Module):
         num_heads: int,
         *,
         qkv_bias: bool = True,
+        attention_impl: str = "auto",
         dtype: DTypeLike = jnp.float32,
         param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
     ):
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        attention.check_implementation(attention_impl)
         self.num_heads = num_heads
+        self.attention_impl = attention_impl
         self.qkv = qkv_projection(
             dim, use_bias=qkv_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
@@ -173,7 +178,9 @@ class Attention(nnx.Module):
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out = jax.nn.dot_product_attention(q, k, v, bias=attn_bias)  # [B, L, H, D/H]
+        out = attention.dot_product_attention(  # [B, L, H, D/H]
+            q, k, v, bias=attn_bias, implementation=self.attention_impl
+        )
         return self.proj(out.reshape(b, n, d))
 
 
@@ -267,20 +274,23 @@ def drop_path(x: jax.Array, rate: jax.Array | float, rng: jax.Array | None) -> j
 def run_stack(
     blocks: Sequence[nnx.Module],
     x: jax.Array,
-    block_args: Sequence[tuple],
+    block_args: Sequence[tuple] | None = None,
     *,
+    shared_args: tuple = (),
     remat: str = "none",
     scan_unit: int = 0,
 ) -> jax.Array:
-    """x = blocks[i](x, *block_args[i]) for every block in order, with rematerialisation and an
-    optional scan.
+    """x = blocks[i](x, *shared_args, *block_args[i]) for every block in order, with
+    rematerialisation and an optional scan.
 
     Args:
       blocks: modules of one stack; with a scan, blocks i and i + scan_unit must be alike (same
         graph and parameter shapes).
       x: the stack's input.
       block_args: per block, the extra call arguments (arrays, floats or None), alike across
-        scanned units.
+        scanned units; None: no per-block arguments.
+      shared_args: call arguments common to every block (e.g. an attention bias or the context
+        of a cross-attention), passed once rather than stacked for the scan.
       remat: a `REMAT_POLICIES` name, applied to each block (each scanned unit).
       scan_unit: k > 0 runs the stack as a `jax.lax.scan` over its len / k units of k consecutive
         blocks, when k divides the length and there are at least two units; the units' parameters
@@ -293,13 +303,14 @@ def run_stack(
     """
     check_remat(remat)
     n = len(blocks)
+    block_args = [()] * n if block_args is None else block_args
     k = scan_unit if scan_unit and n % scan_unit == 0 and n >= 2 * scan_unit else 0
     graphs, states = zip(*(nnx.split(block) for block in blocks))
 
     def unit_fn(unit_graphs):
         def unit(x, unit_states, unit_args):
             for graph, state, a in zip(unit_graphs, unit_states, unit_args):
-                x = parallel.constrain_activations(nnx.merge(graph, state)(x, *a))
+                x = parallel.constrain_activations(nnx.merge(graph, state)(x, *shared_args, *a))
             return x
 
         policy = REMAT_POLICIES[remat]
@@ -466,7 +477,8 @@ def alibi_2d_bias(
 class CrossAttention(nnx.Module):
     """Multi-head attention of queries x [B, Nq, D] over a context [B, Nk, D] -> [B, Nq, D], with
     q, k, v projections (logical "embed" -> "heads"; k and v fused into one [D, 2, D] kernel with
-    `fused_kv`, as `qkv_projection`) and an optional logit bias or mask."""
+    `fused_kv`, as `qkv_projection`) and an optional logit bias or mask; `attention_impl` as in
+    `Attention`."""
 
     def __init__(
         self,
@@ -475,13 +487,16 @@ class CrossAttention(nnx.Module):
         *,
         qkv_bias: bool = True,
         fused_kv: bool = False,
+        attention_impl: str = "auto",
         dtype: DTypeLike = jnp.float32,
         param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
     ):
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        attention.check_implementation(attention_impl)
         self.num_heads = num_heads
+        self.attention_impl = attention_impl
         kw = dict(use_bias=qkv_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.q = linear(dim, dim, ("embed", "heads"), **kw)
         if fused_kv:
@@ -509,7 +524,12 @@ class CrossAttention(nnx.Module):
             k, v = kv[:, :, 0], kv[:, :, 1]
         else:
             k, v = self.k(context), self.v(context)
-        out = jax.nn.dot_product_attention(
-            heads(self.q(x)), heads(k), heads(v), bias=attn_bias, mask=mask
+        out = attention.dot_product_attention(
+            heads(self.q(x)),
+            heads(k),
+            heads(v),
+            bias=attn_bias,
+            mask=mask,
+            implementation=self.attention_impl,
         )
         return self.proj(out.reshape(b, nq, d))

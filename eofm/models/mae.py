@@ -26,7 +26,7 @@ NORM_PIX_EPS = 1e-6
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MAEConfig(ViTConfig):
     """MAE hyper-parameters: the ViT encoder's fields (`ViTConfig`) plus the decoder's; the decoder
-    reuses the encoder's mlp_ratio, qkv_bias, ln_eps and dtypes.
+    reuses the encoder's mlp_ratio, qkv_bias, ln_eps, remat, scan_blocks and dtypes.
 
     Attributes:
       decoder_dim: Dd, decoder width.
@@ -126,6 +126,7 @@ class MAEDecoder(nnx.Module):
     def __init__(self, cfg: MAEConfig, *, rngs: nnx.Rngs):
         enc = cfg.encoder
         kw = dict(dtype=enc.dtype, param_dtype=enc.param_dtype, rngs=rngs)
+        self.remat, self.scan_unit = enc.remat, int(enc.scan_blocks)
         # "embed" may name only one side of the D -> Dd projection.
         self.embed = layers.linear(enc.embed_dim, cfg.decoder_dim, (None, "embed"), **kw)
         token_init = layers.logical(nnx.initializers.normal(0.02), (None, None, "embed"))
@@ -159,8 +160,7 @@ class MAEDecoder(nnx.Module):
         patches = unshuffle_with_mask_tokens(x[:, 1:], self.mask_token[...], ids_restore)
         patches = patches + jnp.asarray(layers.posemb_sincos_2d(*grid_hw, x.shape[-1]), x.dtype)
         x = jnp.concatenate([x[:, :1], patches], axis=1)
-        for block in self.blocks:
-            x = block(x)
+        x = layers.run_stack(self.blocks, x, remat=self.remat, scan_unit=self.scan_unit)
         return self.norm(x)[:, 1:]
 
 

@@ -35,7 +35,12 @@ BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SpectralGPTConfig:
-    """SpectralGPT hyper-parameters; `image_size` fixes the learned spatial position tables."""
+    """SpectralGPT hyper-parameters; `image_size` fixes the learned spatial position tables.
+
+    `remat`: rematerialisation of each encoder and decoder block, a `layers.REMAT_POLICIES` name.
+    `scan_blocks`: run the encoder and decoder blocks as scans over single blocks
+    (`layers.run_stack`); same parameters and results, compile time independent of depth.
+    """
 
     embed_dim: int
     depth: int
@@ -50,8 +55,13 @@ class SpectralGPTConfig:
     decoder_heads: int = 16
     mask_ratio: float = 0.9
     ln_eps: float = 1e-6
+    remat: str = "none"
+    scan_blocks: bool = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+
+    def __post_init__(self):
+        layers.check_remat(self.remat)
 
     @property
     def num_groups(self) -> int:
@@ -216,10 +226,14 @@ class SpectralGPT(nnx.Module):
         )
         return x + self.pos().astype(x.dtype)
 
+    def _run(self, blocks: nnx.List, x: jax.Array) -> jax.Array:
+        """A block stack on tokens [B, N, D], with the config's remat and scan."""
+        cfg = self.cfg
+        return layers.run_stack(blocks, x, remat=cfg.remat, scan_unit=int(cfg.scan_blocks))
+
     def encode_tokens(self, x: jax.Array) -> jax.Array:
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+        """Encoder blocks + final LN.  [B, N, D] -> [B, N, D]."""
+        return self.norm(self._run(self.blocks, x))
 
     def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The Encoder API: all cubes, unmasked.  -> (tokens [B, L, D], pooled mean [B, D])."""
@@ -268,8 +282,7 @@ class SpectralGPT(nnx.Module):
         latent = self.encode_tokens(jnp.take_along_axis(x, keep[..., None], axis=1))
         y = unshuffle_with_mask_tokens(self.decoder_embed(latent), self.mask_token[...], restore)
         y = y + self.decoder_pos().astype(y.dtype)
-        for block in self.decoder_blocks:
-            y = block(y)
+        y = self._run(self.decoder_blocks, y)
         pred = self.decoder_pred(self.decoder_norm(y)).astype(jnp.float32)
         target = cubify(images.astype(jnp.float32), cfg.patch_size, cfg.bands_per_token)
         return spectralgpt_loss(pred, target, mask, cfg.num_groups)

@@ -30,6 +30,9 @@ class ViTConfig:
       mlp_ratio: MLP hidden width / D.
       qkv_bias: whether the q, k, v projections have a bias.
       ln_eps: LayerNorm epsilon.
+      remat: rematerialisation of each block, a `layers.REMAT_POLICIES` name.
+      scan_blocks: run the blocks as a scan over single blocks (`layers.run_stack`); same
+        parameters and results, compile time independent of depth.
       dtype: compute (activation) dtype, e.g. jnp.bfloat16.
       param_dtype: parameter storage dtype.
     """
@@ -42,8 +45,13 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     ln_eps: float = 1e-6
+    remat: str = "none"
+    scan_blocks: bool = False
     dtype: DTypeLike = jnp.float32
     param_dtype: DTypeLike = jnp.float32
+
+    def __post_init__(self):
+        layers.check_remat(self.remat)
 
     @property
     def mlp_dim(self) -> int:
@@ -89,9 +97,10 @@ class ViTEncoder(nnx.Module):
         Returns:
           [B, 1 + N, D] in `dtype`; index 0 is CLS.
         """
-        x = self._with_cls(x)
-        for block in self.blocks:
-            x = block(x)
+        cfg = self.cfg
+        x = layers.run_stack(
+            self.blocks, self._with_cls(x), remat=cfg.remat, scan_unit=int(cfg.scan_blocks)
+        )
         return self.norm(x)
 
     def tapped_tokens(

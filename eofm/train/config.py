@@ -77,7 +77,12 @@ def data(
     source_args: dict | None = None,
     bands: dict | None = None,
 ) -> ml_collections.ConfigDict:
-    """Data fields: by default the BigEarthNet v2 S1+S2 pairs embedded in eofm."""
+    """Data fields: by default the BigEarthNet v2 S1+S2 pairs embedded in eofm.
+
+    `num_workers` -1 decodes in `eofm.data.pipeline.auto_num_workers` worker processes (1 on a
+    2-CPU machine, 0 on one CPU); `device_prefetch` batches wait on the devices while a step runs
+    (`eofm.train.loop`). Neither changes the batches, so a resume may change both.
+    """
     return ml_collections.ConfigDict(
         dict(
             source=source,  # eofm.data.datasets.make_source name
@@ -88,6 +93,7 @@ def data(
             prepared_dir="",  # ArrayRecord cache; "" = WORKDIR/data
             image_size=image_size,
             crop_scale=crop_scale,
-            num_workers=0,
+            num_workers=-1,  # grain worker processes; -1 = sized to the CPUs, 0 = in-process
+            device_prefetch=2,  # batches put on the devices ahead of the step, by a thread
         )
     )

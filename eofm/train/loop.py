@@ -5,7 +5,9 @@
                              RESUME_KEYS), else initialised already sharded (and warm-started from
                              another run's weights when the workload says so)
     for step in [start, total):
-        batch  <- grain iterator (this process's slice) -> global jax.Arrays on the mesh
+        batch  <- grain iterator (this process's slice, decoded by `data.num_workers` processes)
+                  -> global jax.Arrays on the mesh, put there by a background thread that keeps
+                  `data.device_prefetch` batches ready while the previous steps run
         state  <- jitted step(state, batch, fold_in(seed, step))
         check the previous step's loss (one step behind: the host never waits for this step)
         and whether the last asynchronous save failed (without waiting for one still running)
@@ -19,7 +21,9 @@ exactly the losses of an uninterrupted one.
 The config gives: seed, batch_size, total_steps, warmup_steps, lr, weight_decay, b1, b2,
 grad_clip_norm, grad_accum_steps, peak_flops, log_every, mesh (preset, axis sizes, rules),
 checkpoint (every_steps, keep, keep_period) and allow_resume_changes (keys of RESUME_KEYS that a
-resume may change); `data.num_workers` when present.
+resume may change); `data.num_workers` (-1: sized to the machine, `pipeline.auto_num_workers`)
+and `data.device_prefetch` when present, else 0 workers (a finetuning fit's in-memory examples)
+and 2 batches.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import functools
 import json
 import logging
 import signal
+import socket
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from eofm import parallel
 from eofm.data import pipeline
@@ -56,7 +63,7 @@ CHECKPOINT_FORMAT = 2
 # change.
 RESUME_KEYS = ("seed", "batch_size", "grad_accum_steps", "model", "data")
 # Keys under RESUME_KEYS that do not change the numbers.
-RESUME_FREE_KEYS = ("data.num_workers", "data.prepared_dir")
+RESUME_FREE_KEYS = ("data.num_workers", "data.device_prefetch", "data.prepared_dir")
 
 
 class ResumeConfigError(ValueError):
@@ -379,6 +386,40 @@ def _check_finite(step: int, metrics: dict[str, Any]) -> None:
     )
 
 
+# ---- input ------------------------------------------------------------------------------------
+
+
+def _num_workers(requested: int) -> int:
+    """`data.num_workers`, with AUTO_WORKERS sized to this process's share of the host's CPUs."""
+    if requested != pipeline.AUTO_WORKERS:
+        return requested
+    workers = pipeline.auto_num_workers(_processes_on_this_host())
+    logging.info("data.num_workers=%d: %d grain worker processes", requested, workers)
+    return workers
+
+
+def _processes_on_this_host() -> int:
+    """How many of the run's JAX processes run on this host (same host name); every process
+    must call it."""
+    if jax.process_count() == 1:
+        return 1
+    host = np.int32(zlib.crc32(socket.gethostname().encode()) & 0x7FFFFFFF)
+    return int(np.sum(multihost_utils.process_allgather(host) == host))
+
+
+def _on_devices(
+    sharding: jax.sharding.Sharding, keys: tuple[str, ...], host_batch: dict[str, Any]
+) -> dict[str, jax.Array]:
+    """The `keys` of this process's batch as global arrays split by `sharding`, once on the
+    devices; the batch's other keys (e.g. string ids) are dropped."""
+    batch = {
+        k: jax.make_array_from_process_local_data(sharding, host_batch[k])
+        for k in keys
+        if k in host_batch
+    }
+    return jax.block_until_ready(batch)
+
+
 # ---- the loop ----------------------------------------------------------------------------------
 
 
@@ -403,8 +444,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, workload: Work
             f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes"
         )
     dataset = workload.make_dataset(jax.process_index(), jax.process_count())
-    num_workers = config.data.get("num_workers", 0) if "data" in config else 0
-    iterator = pipeline.make_iterator(dataset, num_workers=num_workers)
+    data = config.data if "data" in config else ml_collections.ConfigDict()
+    batch_sharding = parallel.batch_sharding(mesh)
+    iterator = pipeline.make_iterator(
+        dataset,
+        num_workers=_num_workers(data.get("num_workers", 0)),
+        to_device=functools.partial(_on_devices, batch_sharding, workload.input_keys),
+        device_prefetch=data.get("device_prefetch", 2),
+    )
 
     # State: resumed, or initialised (and warm-started).
     ckpt = checkpoint.Checkpointer(
@@ -435,7 +482,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, workload: Work
     flops_per_step = workload.flops_per_example * config.batch_size
     peak = (config.get("peak_flops") or metrics_lib.measure_peak_flops()) if flops_per_step else 0
     base_key = jax.random.key(config.seed)
-    batch_sharding = parallel.batch_sharding(mesh)
 
     # Loop.
     preemption = _Preemption()
@@ -452,12 +498,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, workload: Work
         # negatives) finds it in this context.
         with jax.set_mesh(mesh):
             for step in range(start_step, config.total_steps):
-                host_batch = next(iterator)
-                batch = {
-                    k: jax.make_array_from_process_local_data(batch_sharding, host_batch[k])
-                    for k in workload.input_keys
-                    if k in host_batch
-                }
+                batch = next(iterator)
                 state, step_metrics = train_step(state, batch, jax.random.fold_in(base_key, step))
                 done = step + 1
                 ckpt.check_for_errors()  # a failed save stops the run now, not at the next one

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def measure_peak_flops(n: int = 2048, repeats: int = 5) -> float:
-    """Measured FLOP/s of an n^3 float32 matmul, summed over this process's devices."""
+def measure_peak_flops(n: int = 2048, repeats: int = 5, dtype: jnp.dtype = jnp.float32) -> float:
+    """Measured FLOP/s of an n^3 matmul in `dtype`, summed over this process's devices."""
     devices = jax.local_devices()
-    a = jax.device_put(jnp.ones((n, n), jnp.float32), devices[0])
+    a = jax.device_put(jnp.ones((n, n), dtype), devices[0])
     matmul = jax.jit(lambda x: x @ x)
     matmul(a).block_until_ready()
     start = time.perf_counter()

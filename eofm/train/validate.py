@@ -33,7 +33,7 @@ POSITIVE_INTS = (
     "checkpoint.every_steps",
     "checkpoint.keep",
 )
-NON_NEGATIVE_INTS = ("warmup_steps", "checkpoint.keep_period")
+NON_NEGATIVE_INTS = ("warmup_steps", "checkpoint.keep_period", "data.device_prefetch")
 
 
 class ConfigError(ValueError):
@@ -69,6 +69,7 @@ def check_training_config(config: ml_collections.ConfigDict, prefix: str = "") -
         _check_int(config, key, 1, prefix)
     for key in NON_NEGATIVE_INTS:
         _check_int(config, key, 0, prefix)
+    _check_int(config, "data.num_workers", -1, prefix)  # -1: sized to the machine
     if not config.warmup_steps <= config.total_steps:
         _fail(
             prefix, "warmup_steps", config.warmup_steps, f"0 to total_steps ({config.total_steps})"
