@@ -97,12 +97,12 @@ def test_auto_choice():
     f32, bf16 = jnp.float32, jnp.bfloat16
     assert attention.choose_implementation(1024, 1024, f32, "cpu") == "blockwise"
     assert attention.choose_implementation(196, 1024, f32, "cpu") == "blockwise"
-    assert attention.choose_implementation(50, 50, f32, "cpu") == "xla"
+    assert attention.choose_implementation(197, 197, f32, "cpu") == "xla"
     assert attention.choose_implementation(1024, 1024, f32, "tpu") == "blockwise"
     assert attention.choose_implementation(1024, 1024, bf16, "gpu") == "cudnn"
     assert attention.choose_implementation(1024, 1024, f32, "gpu") == "xla"
     # In this CPU process "auto" runs xla (no custom_vjp) on short and blockwise on long sequences.
-    for length, blockwise in ((8, False), (96, True)):
+    for length, blockwise in ((8, False), (384, True)):
         x = jnp.zeros((1, length, 2, 8))
         jaxpr = jax.make_jaxpr(lambda x: attention.dot_product_attention(x, x, x))(x)
         assert ("custom_vjp_call" in str(jaxpr)) == blockwise

@@ -44,7 +44,8 @@ def dot_product_attention(
       mask: bool, broadcastable likewise; False = not attended.
       implementation: one of `IMPLEMENTATIONS`; "auto" is `choose_implementation`.
       block_q, block_k: the largest query / key block of "blockwise" (lengths are split into the
-        fewest equal blocks no larger, the last one padded).
+        fewest equal blocks no larger, the last one padded). Blocks of 128 to 512 time alike at
+        L = 1024 on CPU; 256 keeps sequences up to 256 in one block.
     Returns: the attended values, in q's dtype.
     """
     check_implementation(implementation)
@@ -74,15 +75,18 @@ def choose_implementation(q_len: int, k_len: int, dtype, backend: str | None = N
     """The implementation "auto" runs on `backend` (default: JAX's default backend).
 
     GPU: "cudnn" for bf16 / f16 (falling back to "xla" where cuDNN refuses the shape), else "xla".
-    CPU / TPU: "blockwise" from Lq * Lk >= 2^16 query-key pairs, "xla" below. Measured with
-    scripts/bench_attention.py on a 2-core CPU (forward + backward, f32): blockwise is 2x faster
-    than XLA at L = 1024 and its step keeps ~10x fewer temporaries, on par at L ~ 200-256, and
-    slower (loop overhead, no memory to save) at L <= 100.
+    CPU / TPU: "blockwise" from Lq * Lk >= 2^17 query-key pairs (~360^2), "xla" below. Measured on
+    a 2-core CPU (scripts/bench_attention.py, f32 forward + backward, H 8-16, Dh 32-64): "xla" is
+    5-10 % faster while one block holds the scores (L <= 256, same temporaries) and up to
+    L ~ 320; the two are level at L ~ 450; beyond, "blockwise" is faster (1.15x at L = 768,
+    1.6-1.9x at the SpectralGPT decoder's L = 1024) and keeps 2-8x fewer temporaries (196
+    queries over 1024 keys: level in time, half the temporaries). TPU follows the CPU rule (not
+    measured there).
     """
     backend = backend or jax.default_backend()
     if backend in ("gpu", "cuda", "rocm"):
         return "cudnn" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
-    return "blockwise" if q_len * k_len >= 2**13 else "xla"
+    return "blockwise" if q_len * k_len >= 2**17 else "xla"
 
 
 def _cudnn(q, k, v, bias, mask):
