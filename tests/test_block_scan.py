@@ -1,13 +1,17 @@
 """Block stacks of the ViT-style families run as scans and rematerialised (`scan_blocks`,
-`remat`): the same parameters, losses and gradients as the plain Python loop."""
+`remat`): the same parameters, losses and gradients as the plain Python loop. The stack's
+backward stays linear in its depth (`layers.cotangent_boundary`)."""
+
+import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 from tiny_families import VIT_FAMILIES, synthetic_batch, tiny_model
 
-from eofm.models import family
+from eofm.models import family, layers
 
 # Scans traced by one loss: every stack of two or more blocks (SMARTIES: encoder and decoder for
 # each of its two views; CROMA: optical, radar and joint encoders, its decoder is one block).
@@ -76,3 +80,36 @@ def test_scan_and_remat_are_model_config_keys(name, pretrain_config):
     assert fields.scan_blocks is False and fields.remat == "none"
     with pytest.raises(ValueError, match="remat 'some'"):
         tiny_model(pretrain_config, name, remat="some")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_cotangent_boundary_passes_finite_gradients_bit_for_bit(dtype):
+    x = jnp.zeros((7,), dtype)
+    g = jnp.asarray([1.5, -0.0, 0.0, 3e-39, -1e38, 7.0e-3, -2.0], dtype)
+    _, vjp = jax.vjp(layers.cotangent_boundary, x)
+    (got,) = vjp(g)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(g, np.float32))
+    np.testing.assert_array_equal(np.signbit(np.asarray(got, np.float32)), np.signbit(g))
+    (bad,) = vjp(jnp.asarray([jnp.inf, -jnp.inf, jnp.nan, 1, 1, 1, 1], dtype))
+    assert not np.any(np.isfinite(np.asarray(bad[:3], np.float32)))
+
+
+def _largest_backward_fusion(depth: int) -> int:
+    """Instructions of the largest fusion XLA builds for a `depth`-block stack's gradient."""
+    blocks = layers.block_stack(depth, 32, 2, rngs=nnx.Rngs(0))
+    graph, params = nnx.split(blocks)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 32))
+
+    def loss(params):
+        return jnp.sum(layers.run_stack(list(nnx.merge(graph, params)), x) ** 2)
+
+    hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+    bodies = re.findall(r"^%?fused_computation\S* .*?\{\n(.*?)\n\}", hlo, re.S | re.M)
+    return max(body.count("\n") + 1 for body in bodies)
+
+
+def test_backward_fusions_do_not_grow_with_depth():
+    # Without `cotangent_boundary` the residual stream's gradient is recomputed inside every
+    # consumer's fusion, and the largest fusion grows with the number of blocks above it.
+    assert _largest_backward_fusion(8) <= 1.25 * _largest_backward_fusion(2)
