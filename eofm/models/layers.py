@@ -282,7 +282,9 @@ def cotangent_boundary(x: jax.Array) -> jax.Array:
     cotangent through `rem(g, inf)`, which is g for every finite g (and NaN for +-inf, which
     stays non-finite); the compiler counts rem as expensive and does not duplicate it.
     `jax.lax.optimization_barrier` does not help (it is removed before fusion), nor does
-    dividing by a runtime 1 (rewritten into a cheap multiply).
+    dividing by a runtime 1 (rewritten into a cheap multiply). On other backends the backward
+    is the identity: rem by an infinity is only known to be exact in XLA's CPU lowering, and
+    the duplication was only seen there.
     """
     return x
 
@@ -292,7 +294,8 @@ def _cotangent_boundary_fwd(x: jax.Array) -> tuple[jax.Array, None]:
 
 
 def _cotangent_boundary_bwd(_, g: jax.Array) -> tuple[jax.Array]:
-    return (jax.lax.rem(g, jnp.full_like(g, jnp.inf)),)
+    on_cpu = lambda g: jax.lax.rem(g, jnp.full_like(g, jnp.inf))
+    return (jax.lax.platform_dependent(g, cpu=on_cpu, default=lambda g: g),)
 
 
 cotangent_boundary.defvjp(_cotangent_boundary_fwd, _cotangent_boundary_bwd)
