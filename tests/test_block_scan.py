@@ -95,21 +95,28 @@ def test_cotangent_boundary_passes_finite_gradients_bit_for_bit(dtype):
     assert not np.any(np.isfinite(np.asarray(bad[:3], np.float32)))
 
 
-def _largest_backward_fusion(depth: int) -> int:
+STACK_RUNNERS = {
+    "run_stack": lambda blocks, x: layers.run_stack(blocks, x),
+    "tapped_blocks": lambda blocks, x: layers.tapped_blocks(blocks, x, [len(blocks) - 1], None)[0],
+}
+
+
+def _largest_backward_fusion(runner: str, depth: int) -> int:
     """Instructions of the largest fusion XLA builds for a `depth`-block stack's gradient."""
     blocks = layers.block_stack(depth, 32, 2, rngs=nnx.Rngs(0))
     graph, params = nnx.split(blocks)
     x = jax.random.normal(jax.random.key(0), (2, 8, 32))
 
     def loss(params):
-        return jnp.sum(layers.run_stack(list(nnx.merge(graph, params)), x) ** 2)
+        return jnp.sum(STACK_RUNNERS[runner](list(nnx.merge(graph, params)), x) ** 2)
 
     hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
     bodies = re.findall(r"^%?fused_computation\S* .*?\{\n(.*?)\n\}", hlo, re.S | re.M)
     return max(body.count("\n") + 1 for body in bodies)
 
 
-def test_backward_fusions_do_not_grow_with_depth():
+@pytest.mark.parametrize("runner", sorted(STACK_RUNNERS))
+def test_backward_fusions_do_not_grow_with_depth(runner):
     # Without `cotangent_boundary` the residual stream's gradient is recomputed inside every
     # consumer's fusion, and the largest fusion grows with the number of blocks above it.
-    assert _largest_backward_fusion(8) <= 1.25 * _largest_backward_fusion(2)
+    assert _largest_backward_fusion(runner, 8) <= 1.25 * _largest_backward_fusion(runner, 2)

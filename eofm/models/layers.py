@@ -229,7 +229,8 @@ def tapped_blocks(
     `final_norm` (so that tap equals the encoder's output; None: it stays raw), the others are raw
     residual streams.
     Args: x [B, L, D]; block_args are passed to every block (e.g. an attention bias).
-    Returns: one [B, L, D] per tap, in `taps` order.
+    Returns: one [B, L, D] per tap, in `taps` order. As in `run_stack`, each block's input and
+    floating-point arguments pass `cotangent_boundary`, for an encoder trained end to end.
     """
     depth = len(blocks)
     bad = [t for t in taps if not 0 <= t < depth]
@@ -237,7 +238,8 @@ def tapped_blocks(
         raise ValueError(f"taps {bad} outside the {depth} blocks of the encoder")
     out = {}
     for i in range(max(taps) + 1):
-        x = blocks[i](x, *block_args)
+        shared = [_with_boundary(arg) for arg in block_args]
+        x = blocks[i](cotangent_boundary(x), *shared)
         if i in taps:
             out[i] = final_norm(x) if final_norm is not None and i == depth - 1 else x
     return [out[t] for t in taps]
