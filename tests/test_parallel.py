@@ -22,7 +22,7 @@ from eofm import parallel
 from eofm.data.spec import SensorSpec
 from eofm.models import layers, mae
 from eofm.train import config as train_config
-from eofm.train import loop
+from eofm.train import loop, optim
 from eofm.train import step as step_lib
 
 CFG = mae.MAEConfig(
@@ -267,6 +267,31 @@ def test_gradient_accumulation_equals_one_big_batch(batch):
     jax.tree.map(
         lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5), a.params, b.params
     )
+
+
+def test_step_reports_gradient_norm_and_names_non_finite_gradients(batch):
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
+    state, _, run = _setup(mesh)
+    tx = optax.sgd(1.0)
+    s = step_lib.TrainState(state.step, state.params, tx.init(state.params), state.frozen)
+
+    def metrics_of(loss):
+        step = jax.jit(step_lib.make_train_step(run.graphdef, tx, lambda _: 1.0, loss))
+        return step(s, batch, jax.random.key(0))[1]
+
+    def one_infinite_gradient(model, batch, rng):
+        value, metrics = _fixed_mask_loss(model, batch, rng)
+        return value + jnp.inf * jnp.sum(model.encoder.patch_embed.proj.kernel[...]), metrics
+
+    grads = jax.grad(
+        lambda p: _fixed_mask_loss(nnx.merge(run.graphdef, p, s.frozen), batch, None)[0]
+    )(s.params)
+    metrics = metrics_of(_fixed_mask_loss)
+    np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-5)
+    assert all(jax.tree.leaves(metrics["grads_finite"]))
+    flags = jax.tree_util.tree_flatten_with_path(metrics_of(one_infinite_gradient)["grads_finite"])
+    bad = [optim.param_path(path) for path, ok in flags[0] if not ok]
+    assert bad == ["encoder/patch_embed/proj/kernel/value"]
 
 
 def _fixed_mask_loss(model, batch, rng):

@@ -42,7 +42,10 @@ def make_train_step(
     batch is split into that many microbatches along its leading axis and their gradients averaged,
     which equals one step on the whole batch for losses that are means over examples.
     Metrics: loss, lr, grad_norm, param_norm, the loss function's own metrics, and `grads_finite`,
-    a per-parameter flag used to name the culprits when the loss stops being finite.
+    a per-parameter flag used to name the culprits when the loss stops being finite: whether the
+    parameter's squared gradient norm is finite, i.e. false for an inf or NaN entry and for a
+    gradient beyond float32's range when squared (norm above 1.8e19). The squared norms serve
+    grad_norm too, so each gradient is reduced once.
     """
 
     def loss_and_metrics(params, frozen, batch, rng):
@@ -74,13 +77,14 @@ def make_train_step(
             loss, metrics, grads = jax.tree.map(lambda x: x / accum_steps, total)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        squared_norms = jax.tree.map(lambda g: jnp.sum(jnp.square(g)), grads)
         metrics = {
             **metrics,
             "loss": loss,
             "lr": schedule(state.step),
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": jnp.sqrt(sum(jax.tree.leaves(squared_norms))),
             "param_norm": optax.tree.norm(params),
-            "grads_finite": jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads),
+            "grads_finite": jax.tree.map(jnp.isfinite, squared_norms),
         }
         return TrainState(state.step + 1, params, opt_state, state.frozen), metrics
 
