@@ -149,7 +149,12 @@ def _first_batch(workload) -> dict[str, np.ndarray]:
 
 
 def _step_row(family: str, variant: str, scan: str, dtype: str, scratch: Path) -> _Row | None:
-    built = _workload(family, variant, scratch, scan_blocks=scan == "on", dtype=dtype)
+    # Only settings that differ from every config's default (no scan, float32) are overridden, so
+    # a family without those keys still gets its default row.
+    overrides = {"scan_blocks": True} if scan == "on" else {}
+    if dtype != "float32":
+        overrides["dtype"] = dtype
+    built = _workload(family, variant, scratch, **overrides)
     if built is None:
         return None
     config, workload = built
