@@ -84,11 +84,12 @@ def test_masked_tokens_hide_their_pixels():
     images = jax.random.normal(jax.random.key(0), (1, 64, 64, 14))
     unit_mask = jnp.zeros((1, 8, 8)).at[0, 2:5, 1:6].set(1.0)
     pixel_mask = satvision.upsample_mask(unit_mask, 8)[..., None]
-    pred = model.predict(images, unit_mask)
+    predict = nnx.jit(lambda model, images: model.predict(images, unit_mask))
+    pred = predict(model, images)
     changed_masked = images + 5.0 * pixel_mask
-    np.testing.assert_allclose(model.predict(changed_masked, unit_mask), pred, atol=1e-6)
+    np.testing.assert_allclose(predict(model, changed_masked), pred, atol=1e-6)
     changed_visible = images + 5.0 * (1 - pixel_mask)
-    assert not np.allclose(model.predict(changed_visible, unit_mask), pred, atol=1e-3)
+    assert not np.allclose(predict(model, changed_visible), pred, atol=1e-3)
 
 
 def test_loss_ignores_absent_and_invalid_bands_and_is_deterministic():
@@ -97,8 +98,9 @@ def test_loss_ignores_absent_and_invalid_bands_and_is_deterministic():
     valid = np.ones(images.shape, bool)
     valid[:, :32] = False  # fill pixels
     batch = {"modis": images, "modis_valid": jnp.asarray(valid)}
-    loss, metrics = model.loss(batch, jax.random.key(2))
-    again, _ = model.loss(batch, jax.random.key(2))
+    loss_fn = nnx.jit(lambda model, batch: model.loss(batch, jax.random.key(2)))
+    loss, metrics = loss_fn(model, batch)
+    again, _ = loss_fn(model, batch)
     assert np.isfinite(loss) and loss == again
     # 5 of the 14 slots are filled (b04, b05 have no MODIS TOA slot), half the pixels valid.
     np.testing.assert_allclose(metrics["masked_valid_fraction"], 5 / 14 / 2, atol=0.05)
@@ -198,14 +200,24 @@ def _loss_and_grads(model, batch):
     return jax.jit(jax.value_and_grad(loss))(params)
 
 
-@pytest.mark.parametrize("remat,scan", [("none", True), ("dots", False), ("full", True)])
-def test_scan_and_remat_give_the_same_loss_and_gradients(remat, scan):
-    # The top half is fill (zeros): its patches embed to all-zero tokens, whose cosine attention
-    # must not give NaN gradients.
+@pytest.fixture(scope="module")
+def half_fill_reference():
+    """(batch, loss, grads) of the plain model; the top half of the images is fill (zeros), whose
+    patches embed to all-zero tokens that cosine attention must not turn into NaN gradients."""
     images = jax.random.normal(jax.random.key(4), (2, 64, 64, 7)).at[:, :32].set(0.0)
     batch = {"modis": images}
-    want_loss, want_grads = _loss_and_grads(small_model(drop_path_rate=0.2), batch)
-    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(want_grads))
+    return batch, *_loss_and_grads(small_model(drop_path_rate=0.2), batch)
+
+
+def test_fill_tokens_give_finite_gradients(half_fill_reference):
+    _, loss, grads = half_fill_reference
+    assert np.isfinite(loss)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("remat,scan", [("none", True), ("dots", False), ("full", True)])
+def test_scan_and_remat_give_the_same_loss_and_gradients(remat, scan, half_fill_reference):
+    batch, want_loss, want_grads = half_fill_reference
     model = small_model(drop_path_rate=0.2, remat=remat, scan_blocks=scan)
     loss, grads = _loss_and_grads(model, batch)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
